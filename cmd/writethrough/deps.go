@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/writethrough/writethrough/internal/config"
+	"github.com/writethrough/writethrough/internal/fence"
+	"github.com/writethrough/writethrough/internal/pg"
+	"github.com/writethrough/writethrough/internal/telemetry"
+	"github.com/writethrough/writethrough/migrations"
+)
+
+// deps are the connections a command works with.
+type deps struct {
+	cfg   *config.Config
+	tel   *telemetry.Telemetry
+	pool  *pgxpool.Pool
+	rdb   *redis.Client
+	fence *fence.Fence
+}
+
+// connect opens Postgres (checking that it answers and is migrated) and the
+// Redis client. It does not require Redis to answer: the service runs
+// degraded without it.
+func (c *cli) connect(ctx context.Context, cfg *config.Config) (*deps, error) {
+	tel, err := telemetry.Setup(ctx, telemetry.Config{LogLevel: cfg.LogLevel, LogOutput: c.stderr})
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: %w", err)
+	}
+	d := &deps{cfg: cfg, tel: tel}
+	d.pool, err = pg.Open(ctx, pg.Config{URL: cfg.DatabaseURL, Schema: cfg.Schema})
+	if err != nil {
+		return nil, err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := d.pool.Ping(pctx); err != nil {
+		d.close()
+		return nil, fmt.Errorf("postgres does not answer at DATABASE_URL: %v", redact(err))
+	}
+	if err := migrations.Check(pctx, d.pool, cfg.Schema); err != nil {
+		d.close()
+		return nil, err
+	}
+	opt, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		d.close()
+		return nil, fmt.Errorf("REDIS_URL: %v", redact(err))
+	}
+	d.rdb = redis.NewClient(opt)
+	d.fence, err = fence.New(d.rdb, fence.Config{Prefix: cfg.RedisPrefix})
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *deps) close() {
+	if d.rdb != nil {
+		d.rdb.Close()
+	}
+	if d.pool != nil {
+		d.pool.Close()
+	}
+	if d.tel != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = d.tel.Shutdown(ctx)
+	}
+}

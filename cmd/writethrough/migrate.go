@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/writethrough/writethrough/migrations"
+)
+
+func init() {
+	register("migrate up", "apply every pending schema migration", migrateCmd("up"))
+	register("migrate down", "roll back the newest schema migration", migrateCmd("down"))
+	register("migrate status", "list schema migrations and whether each is applied", migrateCmd("status"))
+}
+
+func migrateCmd(action string) func(ctx context.Context, c *cli, args []string) int {
+	return func(ctx context.Context, c *cli, args []string) int {
+		fs := c.flags("migrate " + action)
+		asJSON := fs.Bool("json", false, "print the status as JSON")
+		cfg, code := c.parse(fs, args)
+		if cfg == nil {
+			return code
+		}
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		defer cancel()
+		m, err := migrations.Open(ctx, cfg.DatabaseURL, cfg.Schema)
+		if err != nil {
+			return c.fail("migrate %s: %v", action, redact(err))
+		}
+		defer m.Close()
+		switch action {
+		case "up":
+			res, err := m.Up(ctx)
+			if err != nil {
+				return c.fail("migrate up: %v", redact(err))
+			}
+			for _, r := range res {
+				fmt.Fprintf(c.stdout, "applied %s (%s)\n", r.Source.Path, r.Duration.Round(time.Millisecond))
+			}
+			fmt.Fprintf(c.stdout, "schema %s is up to date\n", cfg.Schema)
+		case "down":
+			r, err := m.Down(ctx)
+			if err != nil {
+				return c.fail("migrate down: %v", redact(err))
+			}
+			fmt.Fprintf(c.stdout, "rolled back %s\n", r.Source.Path)
+		case "status":
+			st, err := m.Status(ctx)
+			if err != nil {
+				return c.fail("migrate status: %v", redact(err))
+			}
+			type row struct {
+				Version   int64  `json:"version"`
+				Name      string `json:"name"`
+				Applied   bool   `json:"applied"`
+				AppliedAt string `json:"applied_at,omitempty"`
+			}
+			rows := make([]row, len(st))
+			for i, s := range st {
+				rows[i] = row{Version: s.Source.Version, Name: s.Source.Path, Applied: s.State == "applied"}
+				if !s.AppliedAt.IsZero() {
+					rows[i].AppliedAt = s.AppliedAt.UTC().Format(time.RFC3339)
+				}
+			}
+			if *asJSON {
+				return c.printJSON(rows)
+			}
+			for _, r := range rows {
+				state := "pending"
+				if r.Applied {
+					state = "applied " + r.AppliedAt
+				}
+				fmt.Fprintf(c.stdout, "%05d  %-28s %s\n", r.Version, r.Name, state)
+			}
+		}
+		return exitOK
+	}
+}

@@ -1,0 +1,186 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Partitions is the number of partitions keys hash to. Per-key order needs one
+// owner per key at a time; relays lease whole partitions.
+const Partitions = 64
+
+// Op is the kind of change an entry records.
+type Op string
+
+const (
+	OpPut    Op = "put"
+	OpDelete Op = "delete"
+)
+
+// TimeFormat is how updated_at and ce-time are written: RFC 3339 with
+// microseconds, in UTC.
+const TimeFormat = "2006-01-02T15:04:05.000000Z"
+
+// FormatTime writes t in TimeFormat.
+func FormatTime(t time.Time) string { return t.UTC().Format(TimeFormat) }
+
+// PartitionOf returns the partition of an entity key.
+func PartitionOf(collection, id string) int {
+	h := fnv.New32a()
+	h.Write([]byte(collection))
+	h.Write([]byte{0})
+	h.Write([]byte(id))
+	return int(h.Sum32() % Partitions)
+}
+
+// Entry is one committed change.
+type Entry struct {
+	Seq         int64
+	EventID     uuid.UUID
+	Partition   int
+	Collection  string
+	EntityID    string
+	Version     int64
+	Op          Op
+	Data        []byte // JSON text as Postgres prints it; nil for a delete
+	CommittedAt time.Time
+	Traceparent string
+	Tracestate  string
+}
+
+// Representation returns the entity representation of the change, the body
+// of its event: {"collection","id","version","data","updated_at"}, with
+// "data":null,"deleted":true for a delete.
+func (e *Entry) Representation() []byte {
+	return AppendEntity(nil, e.Collection, e.EntityID, e.Version, e.Data, FormatTime(e.CommittedAt))
+}
+
+// AppendEntity appends the entity representation to b. data nil means a
+// deleted entity.
+func AppendEntity(b []byte, collection, id string, version int64, data []byte, updatedAt string) []byte {
+	b = append(b, `{"collection":`...)
+	b = strconv.AppendQuote(b, collection) // collections are plain ASCII
+	b = append(b, `,"id":`...)
+	b = appendJSONString(b, id)
+	b = append(b, `,"version":`...)
+	b = strconv.AppendInt(b, version, 10)
+	if data == nil {
+		b = append(b, `,"data":null,"deleted":true`...)
+	} else {
+		b = append(b, `,"data":`...)
+		b = append(b, data...)
+	}
+	b = append(b, `,"updated_at":"`...)
+	b = append(b, updatedAt...)
+	return append(b, `"}`...)
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendJSONString writes s as a JSON string. Ids are valid UTF-8 without
+// control characters, but quote and backslash need escaping, and <, >, &,
+// U+2028 and U+2029 are escaped as encoding/json does.
+func appendJSONString(b []byte, s string) []byte {
+	b = append(b, '"')
+	for _, r := range s {
+		switch {
+		case r == '"' || r == '\\':
+			b = append(b, '\\', byte(r))
+		case r < 0x20 || r == '<' || r == '>' || r == '&' || r == 0x2028 || r == 0x2029:
+			b = append(b, '\\', 'u', hexDigits[(r>>12)&0xf], hexDigits[(r>>8)&0xf], hexDigits[(r>>4)&0xf], hexDigits[r&0xf])
+		default:
+			b = append(b, string(r)...)
+		}
+	}
+	return append(b, '"')
+}
+
+const insertSQL = `
+INSERT INTO outbox (event_id, part, collection, entity_id, version, op, data, committed_at, traceparent, tracestate)
+SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::jsonb[], $8::timestamptz[], $9::text[], $10::text[])
+RETURNING seq, event_id`
+
+// Insert writes entries inside tx (the writer's transaction) and sets their
+// Seq. It fills in a missing EventID (UUIDv7) and Partition.
+func Insert(ctx context.Context, tx pgx.Tx, entries []*Entry) error {
+	n := len(entries)
+	if n == 0 {
+		return nil
+	}
+	ids := make([]uuid.UUID, n)
+	parts := make([]int32, n)
+	cols := make([]string, n)
+	eids := make([]string, n)
+	vers := make([]int64, n)
+	ops := make([]string, n)
+	datas := make([]*string, n)
+	times := make([]time.Time, n)
+	tps := make([]*string, n)
+	tss := make([]*string, n)
+	for i, e := range entries {
+		if e.EventID == uuid.Nil {
+			id, err := uuid.NewV7()
+			if err != nil {
+				return fmt.Errorf("new event id: %w", err)
+			}
+			e.EventID = id
+		}
+		e.Partition = PartitionOf(e.Collection, e.EntityID)
+		ids[i], parts[i], cols[i], eids[i], vers[i], ops[i], times[i] = e.EventID, int32(e.Partition), e.Collection, e.EntityID, e.Version, string(e.Op), e.CommittedAt
+		if e.Data != nil {
+			s := string(e.Data)
+			datas[i] = &s
+		}
+		if e.Traceparent != "" {
+			tps[i] = &e.Traceparent
+		}
+		if e.Tracestate != "" {
+			tss[i] = &e.Tracestate
+		}
+	}
+	rows, err := tx.Query(ctx, insertSQL, ids, parts, cols, eids, vers, ops, datas, times, tps, tss)
+	if err != nil {
+		return fmt.Errorf("insert outbox entries: %w", err)
+	}
+	byID := make(map[uuid.UUID]*Entry, n)
+	for _, e := range entries {
+		byID[e.EventID] = e
+	}
+	var seq int64
+	var id uuid.UUID
+	_, err = pgx.ForEachRow(rows, []any{&seq, &id}, func() error {
+		if e := byID[id]; e != nil {
+			e.Seq = seq
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("insert outbox entries: %w", err)
+	}
+	return nil
+}
+
+const markCacheDoneSQL = `
+UPDATE outbox SET cache_state = 'done'
+WHERE seq = ANY($1::bigint[]) AND cache_state = 'pending'`
+
+// MarkCacheDone records that the cache holds the versions of these entries
+// (or newer ones), so the relay need not repair them.
+func MarkCacheDone(ctx context.Context, db interface {
+	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+}, seqs []int64) error {
+	if len(seqs) == 0 {
+		return nil
+	}
+	if _, err := db.Exec(ctx, markCacheDoneSQL, seqs); err != nil {
+		return fmt.Errorf("mark cache done: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,434 @@
+package writer
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/writethrough/writethrough/internal/fence"
+	"github.com/writethrough/writethrough/outbox"
+)
+
+// Config of a Writer. The zero value of each optional field means its default.
+type Config struct {
+	// Pool is the Postgres pool; its connections' search_path must name the
+	// writethrough schema. Required.
+	Pool *pgxpool.Pool
+	// Fence writes the cache. Required.
+	Fence *fence.Fence
+	// CacheTimeout bounds the synchronous Redis write after a commit; past it
+	// the write counts as pending. Default 200ms.
+	CacheTimeout time.Duration
+	// ReadTimeout bounds a Redis read before falling back to Postgres.
+	// Default 200ms.
+	ReadTimeout time.Duration
+	// MaxAttempts is how often a transaction that hits a serialization
+	// failure or deadlock is run in all. Default 5.
+	MaxAttempts int
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+	// MeterProvider for metrics; default the global one.
+	MeterProvider metric.MeterProvider
+}
+
+// CacheWrite is the result of the synchronous cache write.
+type CacheWrite string
+
+const (
+	// CacheOK: every touched key holds the committed version or a newer one.
+	CacheOK CacheWrite = "ok"
+	// CachePending: committed and durable, but the Redis write failed or timed
+	// out; the relay will repair it.
+	CachePending CacheWrite = "pending"
+)
+
+// Change is one committed change to an entity.
+type Change struct {
+	Collection string
+	ID         string
+	Version    int64
+	// Data is the JSON text exactly as Postgres prints it; nil when deleted.
+	Data      json.RawMessage
+	UpdatedAt time.Time
+	Deleted   bool
+	// Created is true when the change created or re-created the entity.
+	Created bool
+	// EventID is the ce-id of the change's event.
+	EventID string
+}
+
+// Representation is the entity representation of the change (CONTRACT §3).
+func (c *Change) Representation() []byte {
+	return outbox.AppendEntity(nil, c.Collection, c.ID, c.Version, c.Data, outbox.FormatTime(c.UpdatedAt))
+}
+
+// Result of Do.
+type Result struct {
+	// Changes in the order they were made.
+	Changes    []Change
+	CacheWrite CacheWrite
+}
+
+// Writer commits entity changes and writes them through to the cache.
+type Writer struct {
+	pool         *pgxpool.Pool
+	fence        *fence.Fence
+	cacheTimeout time.Duration
+	readTimeout  time.Duration
+	maxAttempts  int
+	log          *slog.Logger
+	metrics      *metrics
+	marker       *marker
+	closeOnce    sync.Once
+}
+
+// New returns a Writer. Close it to flush its bookkeeping.
+func New(cfg Config) (*Writer, error) {
+	if cfg.Pool == nil {
+		return nil, errors.New("writer: Config.Pool is required")
+	}
+	if cfg.Fence == nil {
+		return nil, errors.New("writer: Config.Fence is required")
+	}
+	if cfg.CacheTimeout < 0 || cfg.ReadTimeout < 0 || cfg.MaxAttempts < 0 {
+		return nil, errors.New("writer: Config.CacheTimeout, ReadTimeout and MaxAttempts must not be negative")
+	}
+	m, err := newMetrics(cfg.MeterProvider)
+	if err != nil {
+		return nil, err
+	}
+	w := &Writer{
+		pool:         cfg.Pool,
+		fence:        cfg.Fence,
+		cacheTimeout: cmp.Or(cfg.CacheTimeout, 200*time.Millisecond),
+		readTimeout:  cmp.Or(cfg.ReadTimeout, 200*time.Millisecond),
+		maxAttempts:  cmp.Or(cfg.MaxAttempts, 5),
+		log:          cmp.Or(cfg.Logger, slog.Default()),
+		metrics:      m,
+	}
+	w.marker = newMarker(cfg.Pool, w.log)
+	return w, nil
+}
+
+// Close flushes pending bookkeeping and stops the Writer's goroutine. It
+// does not close the pool or the Redis client.
+func (w *Writer) Close() {
+	w.closeOnce.Do(w.marker.stop)
+}
+
+// Pool returns the Postgres pool.
+func (w *Writer) Pool() *pgxpool.Pool { return w.pool }
+
+// Fence returns the cache fence.
+func (w *Writer) Fence() *fence.Fence { return w.fence }
+
+// Tx is the transaction handed to Do's callback: the application's own SQL
+// goes through Exec, Query and QueryRow, entity changes through Put, Patch
+// and Delete. Commit and rollback belong to Do.
+type Tx interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	// Put creates or replaces an entity with data, a JSON value.
+	Put(ctx context.Context, collection, id string, data []byte, conds ...Condition) (Change, error)
+	// Patch applies an RFC 7386 merge patch to a live entity.
+	Patch(ctx context.Context, collection, id string, patch []byte, conds ...Condition) (Change, error)
+	// Delete turns a live entity into a tombstone.
+	Delete(ctx context.Context, collection, id string, conds ...Condition) (Change, error)
+}
+
+// Condition is a precondition on the entity's current state.
+type Condition struct {
+	kind    condKind
+	version int64
+}
+
+type condKind int
+
+const (
+	condMatch condKind = iota + 1
+	condExists
+	condAbsent
+)
+
+// IfMatch requires the live entity to be at version v (If-Match: "v").
+func IfMatch(v int64) Condition { return Condition{kind: condMatch, version: v} }
+
+// IfExists requires a live entity (If-Match: *).
+func IfExists() Condition { return Condition{kind: condExists} }
+
+// IfAbsent requires no live entity (If-None-Match: *).
+func IfAbsent() Condition { return Condition{kind: condAbsent} }
+
+// Do runs fn in a transaction, commits it, and writes every touched key to the
+// cache through the fence. fn may run more than once: a serialization failure
+// or deadlock reruns it, up to Config.MaxAttempts in all, so it must not have
+// effects outside the transaction.
+func (w *Writer) Do(ctx context.Context, fn func(Tx) error) (Result, error) {
+	start := time.Now()
+	res, err := w.do(ctx, fn)
+	w.metrics.recordWrite(ctx, start, res, err)
+	return res, err
+}
+
+func (w *Writer) do(ctx context.Context, fn func(Tx) error) (Result, error) {
+	var t *txn
+	bo := backoff.WithContext(backoff.WithMaxRetries(&backoff.ExponentialBackOff{
+		InitialInterval:     5 * time.Millisecond,
+		RandomizationFactor: 0.5,
+		Multiplier:          2,
+		MaxInterval:         200 * time.Millisecond,
+		MaxElapsedTime:      0,
+		Stop:                backoff.Stop,
+		Clock:               backoff.SystemClock,
+	}, uint64(w.maxAttempts-1)), ctx)
+	err := backoff.Retry(func() error {
+		var err error
+		t, err = w.attempt(ctx, fn)
+		if err != nil && !IsRetryable(err) {
+			return backoff.Permanent(err)
+		}
+		return err
+	}, bo)
+	if err != nil {
+		return Result{}, classify(err)
+	}
+	res := Result{Changes: t.changes, CacheWrite: w.writeCache(ctx, t)}
+	return res, nil
+}
+
+func classify(err error) error {
+	var ie *InvalidError
+	switch {
+	case errors.As(err, &ie), errors.Is(err, ErrNotFound), errors.Is(err, ErrPrecondition):
+		return err
+	case IsRetryable(err):
+		return fmt.Errorf("%w: %w", ErrConflict, err)
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if de := dataError(err); de != nil {
+		return de
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) || pgconn.SafeToRetry(err) || isConnErr(err) {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	// An application error from fn: hand it back as it is.
+	return err
+}
+
+func isConnErr(err error) bool {
+	var ce *pgconn.ConnectError
+	return errors.As(err, &ce) || pgconn.Timeout(err)
+}
+
+// attempt runs fn once in a transaction and commits it.
+func (w *Writer) attempt(ctx context.Context, fn func(Tx) error) (*txn, error) {
+	pt, err := w.pool.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	defer pt.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
+	t := &txn{Tx: pt, w: w, traceparent: traceparent(ctx)}
+	if err := fn(t); err != nil {
+		return nil, err
+	}
+	if err := outbox.Insert(ctx, pt, t.entries); err != nil {
+		return nil, err
+	}
+	if err := pt.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	return t, nil
+}
+
+func traceparent(ctx context.Context) propagation.MapCarrier {
+	c := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(ctx, c)
+	return c
+}
+
+// writeCache applies the last version of every touched key through the fence.
+func (w *Writer) writeCache(ctx context.Context, t *txn) CacheWrite {
+	if len(t.entries) == 0 {
+		return CacheOK
+	}
+	last := make(map[[2]string]int, len(t.entries))
+	var entries []fence.Entry
+	for _, e := range t.entries {
+		k := [2]string{e.Collection, e.EntityID}
+		fe := fence.Entry{Collection: e.Collection, ID: e.EntityID, Version: e.Version, Data: e.Data, UpdatedAt: outbox.FormatTime(e.CommittedAt)}
+		if i, ok := last[k]; ok {
+			entries[i] = fe
+			continue
+		}
+		last[k] = len(entries)
+		entries = append(entries, fe)
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cacheTimeout)
+	defer cancel()
+	outcomes, err := w.fence.Apply(cctx, entries...)
+	w.metrics.recordCache(ctx, outcomes)
+	if err != nil {
+		w.log.LogAttrs(ctx, slog.LevelWarn, "cache write pending", slog.String("error", err.Error()))
+		return CachePending
+	}
+	seqs := make([]int64, len(t.entries))
+	for i, e := range t.entries {
+		seqs[i] = e.Seq
+	}
+	w.marker.add(seqs)
+	return CacheOK
+}
+
+// txn implements Tx.
+type txn struct {
+	pgx.Tx
+	w           *Writer
+	traceparent propagation.MapCarrier
+	changes     []Change
+	entries     []*outbox.Entry
+}
+
+func (t *txn) record(ch Change) Change {
+	op := outbox.OpPut
+	if ch.Deleted {
+		op = outbox.OpDelete
+	}
+	e := &outbox.Entry{
+		Collection: ch.Collection, EntityID: ch.ID, Version: ch.Version, Op: op,
+		Data: ch.Data, CommittedAt: ch.UpdatedAt,
+		Traceparent: t.traceparent["traceparent"], Tracestate: t.traceparent["tracestate"],
+	}
+	e.EventID = newEventID()
+	ch.EventID = e.EventID.String()
+	t.entries = append(t.entries, e)
+	t.changes = append(t.changes, ch)
+	return ch
+}
+
+func checkConds(conds []Condition) (match *int64, exists, absent bool) {
+	for _, c := range conds {
+		switch c.kind {
+		case condMatch:
+			v := c.version
+			match = &v
+		case condExists:
+			exists = true
+		case condAbsent:
+			absent = true
+		}
+	}
+	return match, exists, absent
+}
+
+func validJSON(field string, data []byte) error {
+	if !json.Valid(data) {
+		return invalid(field, "not a JSON value")
+	}
+	return nil
+}
+
+func (t *txn) Put(ctx context.Context, collection, id string, data []byte, conds ...Condition) (Change, error) {
+	if err := validateKey(collection, id); err != nil {
+		return Change{}, err
+	}
+	if err := validJSON("data", data); err != nil {
+		return Change{}, err
+	}
+	match, exists, absent := checkConds(conds)
+	if absent && (match != nil || exists) {
+		return Change{}, ErrPrecondition
+	}
+	var row pgx.Row
+	switch {
+	case absent:
+		row = t.Tx.QueryRow(ctx, putIfAbsentSQL, collection, id, string(data))
+	case match != nil || exists:
+		row = t.Tx.QueryRow(ctx, replaceSQL, collection, id, string(data), match)
+	default:
+		row = t.Tx.QueryRow(ctx, putSQL, collection, id, string(data))
+	}
+	ch := Change{Collection: collection, ID: id}
+	var text string
+	if err := row.Scan(&ch.Version, &text, &ch.UpdatedAt, &ch.Created); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return Change{}, ErrPrecondition
+		}
+		return Change{}, fmt.Errorf("put %s/%s: %w", collection, id, err)
+	}
+	ch.Data = json.RawMessage(text)
+	return t.record(ch), nil
+}
+
+func (t *txn) Patch(ctx context.Context, collection, id string, patch []byte, conds ...Condition) (Change, error) {
+	if err := validateKey(collection, id); err != nil {
+		return Change{}, err
+	}
+	if _, err := decodeJSON(patch); err != nil {
+		return Change{}, invalid("merge patch", "%v", err)
+	}
+	match, _, absent := checkConds(conds)
+	var cur int64
+	var doc string
+	err := t.Tx.QueryRow(ctx, lockSQL, collection, id).Scan(&cur, &doc)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		if len(conds) > 0 && !absent {
+			return Change{}, ErrPrecondition
+		}
+		return Change{}, ErrNotFound
+	case err != nil:
+		return Change{}, fmt.Errorf("patch %s/%s: %w", collection, id, err)
+	case absent || (match != nil && *match != cur):
+		return Change{}, ErrPrecondition
+	}
+	merged, err := MergePatch([]byte(doc), patch)
+	if err != nil {
+		return Change{}, err
+	}
+	ch := Change{Collection: collection, ID: id}
+	var text string
+	err = t.Tx.QueryRow(ctx, replaceSQL, collection, id, string(merged), cur).Scan(&ch.Version, &text, &ch.UpdatedAt, &ch.Created)
+	if err != nil {
+		return Change{}, fmt.Errorf("patch %s/%s: %w", collection, id, err)
+	}
+	ch.Data = json.RawMessage(text)
+	return t.record(ch), nil
+}
+
+func (t *txn) Delete(ctx context.Context, collection, id string, conds ...Condition) (Change, error) {
+	if err := validateKey(collection, id); err != nil {
+		return Change{}, err
+	}
+	match, _, absent := checkConds(conds)
+	if absent {
+		// If-None-Match: * on a delete can only succeed on nothing to delete.
+		return Change{}, ErrPrecondition
+	}
+	ch := Change{Collection: collection, ID: id, Deleted: true}
+	err := t.Tx.QueryRow(ctx, deleteSQL, collection, id, match).Scan(&ch.Version, &ch.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		if len(conds) > 0 {
+			return Change{}, ErrPrecondition
+		}
+		return Change{}, ErrNotFound
+	}
+	if err != nil {
+		return Change{}, fmt.Errorf("delete %s/%s: %w", collection, id, err)
+	}
+	return t.record(ch), nil
+}
