@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/writethrough/writethrough/internal/config"
@@ -22,6 +23,7 @@ type deps struct {
 	pool  *pgxpool.Pool
 	rdb   *redis.Client
 	fence *fence.Fence
+	nc    *nats.Conn // set by connectNATS
 }
 
 // connect opens Postgres (checking that it answers and is migrated) and the
@@ -61,7 +63,27 @@ func (c *cli) connect(ctx context.Context, cfg *config.Config) (*deps, error) {
 	return d, nil
 }
 
+// connectNATS connects to NATS. The connection keeps retrying in the
+// background when the server is down at start, so the service starts degraded
+// instead of failing.
+func (d *deps) connectNATS() error {
+	nc, err := nats.Connect(d.cfg.NATSURL,
+		nats.Name("writethrough"),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+	)
+	if err != nil {
+		return fmt.Errorf("NATS_URL: %v", redact(err))
+	}
+	d.nc = nc
+	return nil
+}
+
 func (d *deps) close() {
+	if d.nc != nil {
+		d.nc.Close()
+	}
 	if d.rdb != nil {
 		d.rdb.Close()
 	}
