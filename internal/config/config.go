@@ -34,7 +34,7 @@ type Config struct {
 
 type variable struct {
 	env, flag, def, usage string
-	dst               *string
+	dst                   *string
 }
 
 func (c *Config) variables(maxBody *string) []variable {
@@ -51,6 +51,20 @@ func (c *Config) variables(maxBody *string) []variable {
 		{"WT_MAX_BODY_BYTES", "max-body-bytes", "524288", "request body limit in bytes", maxBody},
 		{"WT_LOG_LEVEL", "log-level", "info", "log level: debug, info, warn or error", &c.LogLevel},
 	}
+}
+
+// Variables returns the names of the environment variables the
+// configuration reads, in the order of CONTRACT §2. The standard OTEL_*
+// variables are read by the OpenTelemetry SDK and are not listed.
+func Variables() []string {
+	var c Config
+	var maxBody string
+	vs := c.variables(&maxBody)
+	names := make([]string, len(vs))
+	for i, v := range vs {
+		names[i] = v.env
+	}
+	return names
 }
 
 // Bind defines a flag for every variable on fs, defaulting to the
