@@ -1,0 +1,318 @@
+package writer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The write operations of the API; put, patch and delete are also the op
+// names of a batch.
+const (
+	opPut    = "put"
+	opPatch  = "patch"
+	opDelete = "delete"
+	opBatch  = "batch"
+)
+
+// answer is a complete HTTP answer to a write: what is sent, and what is
+// stored and replayed for an Idempotency-Key.
+type answer struct {
+	status      int
+	contentType string
+	etag        string
+	cacheWrite  CacheWrite
+	location    string
+	retryAfter  string // never stored: 5xx answers are not kept
+	body        []byte
+}
+
+// The headers an answer carries, as stored for a replay.
+const (
+	hContentType = "Content-Type"
+	hETag        = "ETag"
+	hCacheWrite  = "X-Cache-Write"
+	hLocation    = "Location"
+)
+
+func (a *answer) write(rw http.ResponseWriter, replayed bool) {
+	h := rw.Header()
+	set := func(k, v string) {
+		if v != "" {
+			h.Set(k, v)
+		}
+	}
+	set(hContentType, a.contentType)
+	set(hETag, a.etag)
+	set(hCacheWrite, string(a.cacheWrite))
+	set(hLocation, a.location)
+	set("Retry-After", a.retryAfter)
+	if a.contentType != "" {
+		h["X-Content-Type-Options"] = hdrNoSniff
+	}
+	if replayed {
+		h.Set("Idempotent-Replayed", "true")
+	}
+	if a.status != http.StatusNoContent && a.status != http.StatusNotModified {
+		h.Set("Content-Length", strconv.Itoa(len(a.body)))
+	}
+	rw.WriteHeader(a.status)
+	if len(a.body) > 0 {
+		_, _ = rw.Write(a.body)
+	}
+}
+
+func (a *answer) headers() map[string]string {
+	m := make(map[string]string, 4)
+	for k, v := range map[string]string{hContentType: a.contentType, hETag: a.etag, hCacheWrite: string(a.cacheWrite), hLocation: a.location} {
+		if v != "" {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+func storedAnswer(status int, headers map[string]string, body []byte) answer {
+	return answer{
+		status: status, contentType: headers[hContentType], etag: headers[hETag],
+		cacheWrite: CacheWrite(headers[hCacheWrite]), location: headers[hLocation], body: body,
+	}
+}
+
+// contentTypeError is a body of the wrong media type (415).
+type contentTypeError struct {
+	method, got, want string
+}
+
+func (e *contentTypeError) Error() string {
+	if e.got == "" {
+		return fmt.Sprintf("%s takes a body of type %s, and the request names no Content-Type", e.method, e.want)
+	}
+	return fmt.Sprintf("%s takes a body of type %s, not %s", e.method, e.want, e.got)
+}
+
+// checkContentType accepts what CONTRACT §3 allows for op: merge patches for
+// PATCH; JSON (application/json, any +json type, or no Content-Type) for PUT
+// and batches; anything for DELETE, whose body is not used.
+func checkContentType(op string, h http.Header) error {
+	v := h.Get("Content-Type")
+	if op == opDelete || (v == "" && op != opPatch) || (v == "application/json" && op != opPatch) {
+		return nil
+	}
+	mt, _, err := mime.ParseMediaType(v)
+	if err != nil {
+		mt = v
+	}
+	switch op {
+	case opPatch:
+		if mt != "application/merge-patch+json" {
+			return &contentTypeError{method: "PATCH", got: mt, want: "application/merge-patch+json"}
+		}
+	default:
+		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+			method := "PUT"
+			if op == opBatch {
+				method = "POST /v1/_batch"
+			}
+			return &contentTypeError{method: method, got: mt, want: "application/json (or a +json type)"}
+		}
+	}
+	return nil
+}
+
+// readBody reads the body into the pooled buffer *bp, at most h.maxBody bytes.
+func (h *Handler) readBody(rw http.ResponseWriter, r *http.Request, bp *[]byte) ([]byte, error) {
+	if r.ContentLength > h.maxBody {
+		return nil, &http.MaxBytesError{Limit: h.maxBody}
+	}
+	body := http.MaxBytesReader(rw, r.Body, h.maxBody)
+	b := (*bp)[:0]
+	if r.ContentLength > int64(cap(b)) {
+		b = make([]byte, 0, r.ContentLength)
+	}
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := body.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				return nil, mbe
+			}
+			return nil, invalid("body", "could not be read")
+		}
+	}
+	if cap(b) <= maxPooledBuffer {
+		*bp = b
+	}
+	return b, nil
+}
+
+const maxPooledBuffer = 64 << 10
+
+// write returns the handler of one write operation.
+func (h *Handler) write(op string) http.HandlerFunc {
+	rt := routeOf(op)
+	return func(rw http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ctx := r.Context()
+		key, hasKey, err := idempotencyKey(r.Header)
+		if err != nil {
+			h.fail(rw, r, rt, start, err)
+			return
+		}
+		bp := h.buffer()
+		defer h.bufs.Put(bp)
+		body, err := h.readBody(rw, r, bp)
+		if err != nil {
+			h.fail(rw, r, rt, start, err)
+			return
+		}
+		req := writeRequest{op: op, collection: r.PathValue("c"), id: r.PathValue("id"), header: r.Header, body: body}
+		var cl *claim
+		if hasKey {
+			var stored *answer
+			cl, stored, err = h.idem.claim(ctx, req.fingerprint(key))
+			switch {
+			case err != nil:
+				h.fail(rw, r, rt, start, err)
+				return
+			case stored != nil:
+				stored.write(rw, true)
+				h.metrics.record(ctx, rt, stored.status, start)
+				return
+			}
+		}
+		a, committed, err := h.execute(ctx, req, cl)
+		if err != nil {
+			h.logFailure(r, problem{status: a.status}, err)
+		}
+		if cl != nil {
+			if serr := h.idem.settle(ctx, cl, &a, committed); serr != nil {
+				h.log.LogAttrs(ctx, slog.LevelWarn, "store idempotent answer", slog.String("error", serr.Error()))
+			}
+		}
+		a.write(rw, false)
+		h.metrics.record(ctx, rt, a.status, start)
+	}
+}
+
+// writeRequest is a write as the handler received it.
+type writeRequest struct {
+	op             string
+	collection, id string
+	header         http.Header
+	body           []byte
+}
+
+// target is the canonical request target an Idempotency-Key is bound to.
+func (q *writeRequest) target() string {
+	if q.op == opBatch {
+		return "/v1/_batch"
+	}
+	return "/v1/" + url.PathEscape(q.collection) + "/" + url.PathEscape(q.id)
+}
+
+func (q *writeRequest) method() string {
+	switch q.op {
+	case opPut:
+		return http.MethodPut
+	case opPatch:
+		return http.MethodPatch
+	case opDelete:
+		return http.MethodDelete
+	}
+	return http.MethodPost
+}
+
+// execute validates and performs a write. committed reports that the write
+// committed, and with it the answer for cl (its X-Cache-Write pending until
+// settle records the cache write's outcome). On error the answer is the
+// problem for it.
+func (h *Handler) execute(ctx context.Context, q writeRequest, cl *claim) (a answer, committed bool, err error) {
+	var build func(CacheWrite) answer
+	var work func(Tx) error
+	switch q.op {
+	case opBatch:
+		build, work, err = h.batch(ctx, q)
+	default:
+		build, work, err = h.single(ctx, q)
+	}
+	if err != nil {
+		return problemFor(err).answer(), false, err
+	}
+	res, err := h.w.Do(ctx, func(tx Tx) error {
+		if err := work(tx); err != nil {
+			return err
+		}
+		if cl == nil {
+			return nil
+		}
+		pending := build(CachePending)
+		return cl.storeTx(ctx, tx, &pending)
+	})
+	if err != nil {
+		return problemFor(err).answer(), false, err
+	}
+	return build(res.CacheWrite), true, nil
+}
+
+// single prepares a PUT, PATCH or DELETE of one entity.
+func (h *Handler) single(ctx context.Context, q writeRequest) (func(CacheWrite) answer, func(Tx) error, error) {
+	if err := validateKey(q.collection, q.id); err != nil {
+		return nil, nil, err
+	}
+	if err := checkContentType(q.op, q.header); err != nil {
+		return nil, nil, err
+	}
+	pre, err := parsePreconditions(q.header)
+	if err != nil {
+		return nil, nil, err
+	}
+	var ch Change
+	work := func(tx Tx) error {
+		conds, err := pre.conditions(ctx, tx, q.op, q.collection, q.id)
+		if err == nil {
+			switch q.op {
+			case opPut:
+				ch, err = tx.Put(ctx, q.collection, q.id, q.body, conds...)
+			case opPatch:
+				ch, err = tx.Patch(ctx, q.collection, q.id, q.body, conds...)
+			case opDelete:
+				ch, err = tx.Delete(ctx, q.collection, q.id, conds...)
+			}
+		}
+		if err != nil {
+			return &keyError{collection: q.collection, id: q.id, err: err}
+		}
+		return nil
+	}
+	build := func(cw CacheWrite) answer {
+		a := answer{status: http.StatusOK, etag: string(appendETag(nil, ch.Version)), cacheWrite: cw}
+		switch {
+		case ch.Deleted:
+			a.status = http.StatusNoContent
+			return a
+		case ch.Created:
+			a.status = http.StatusCreated
+			a.location = q.target()
+		}
+		a.contentType = "application/json"
+		a.body = ch.Representation()
+		return a
+	}
+	return build, work, nil
+}
