@@ -205,7 +205,9 @@ func (w *Writer) do(ctx context.Context, fn func(Tx) error) (Result, error) {
 	if err != nil {
 		return Result{}, classify(err)
 	}
+	crashpoint("writer-after-commit")
 	res := Result{Changes: t.changes, CacheWrite: w.writeCache(ctx, t)}
+	crashpoint("writer-after-cache")
 	return res, nil
 }
 
