@@ -52,7 +52,9 @@ func TestLoadRefusesOtherHosts(t *testing.T) {
 	t.Parallel()
 	_, err := load{
 		Conns: 1, Duration: 10 * time.Millisecond,
-		Request: func(w, n int) (*http.Request, error) { return http.NewRequest(http.MethodGet, "http://example.com/", nil) },
+		Request: func(w, n int) (*http.Request, error) {
+			return http.NewRequest(http.MethodGet, "http://example.com/", nil)
+		},
 	}.run(context.Background())
 	require.ErrorIs(t, err, errNotLoopback)
 }
