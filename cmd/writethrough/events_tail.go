@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/writethrough/writethrough/internal/cloudevent"
+)
+
+func init() {
+	register("events tail", "print change events from the stream as they arrive", eventsTail)
+}
+
+// tailedEvent is one line of `events tail --json`.
+type tailedEvent struct {
+	StreamSeq     uint64          `json:"stream_seq"`
+	Subject       string          `json:"subject"`
+	ID            string          `json:"id"`
+	Source        string          `json:"source"`
+	Type          string          `json:"type"`
+	EntitySubject string          `json:"entity_subject"`
+	Time          string          `json:"time"`
+	EntityVersion int64           `json:"entity_version"`
+	Traceparent   string          `json:"traceparent,omitempty"`
+	Replay        bool            `json:"replay,omitempty"`
+	ReplayID      string          `json:"replay_id,omitempty"`
+	Data          json.RawMessage `json:"data"`
+}
+
+func eventsTail(ctx context.Context, c *cli, args []string) int {
+	const name = "events tail"
+	fs := c.flags(name)
+	collection := fs.String("collection", "", "only events of this collection")
+	typ := fs.String("type", "", "only put or delete events")
+	key := fs.String("key", "", "only events of this entity id (needs --collection)")
+	sinceSeq := fs.Uint64("since-seq", 0, "start at this stream sequence")
+	since := fs.String("since", "", "start at this RFC 3339 time (default: from now)")
+	limit := fs.Int("limit", 0, "exit after printing this many events (default: until interrupted)")
+	asJSON := fs.Bool("json", false, "print one JSON event per line")
+	cfg, code := c.parse(fs, args)
+	if cfg == nil {
+		return code
+	}
+	if !c.validCollection(name, *collection) {
+		return exitUsage
+	}
+	if *typ != "" && *typ != "put" && *typ != "delete" {
+		fmt.Fprintf(c.stderr, "writethrough %s: --type must be put or delete, got %q\n", name, *typ)
+		return exitUsage
+	}
+	if *key != "" && *collection == "" {
+		fmt.Fprintf(c.stderr, "writethrough %s: --key needs --collection\n", name)
+		return exitUsage
+	}
+	if *sinceSeq > 0 && *since != "" {
+		fmt.Fprintf(c.stderr, "writethrough %s: use --since-seq or --since, not both\n", name)
+		return exitUsage
+	}
+	start, ok := c.parseTime(name, "since", *since)
+	if !ok {
+		return exitUsage
+	}
+	if *limit < 0 {
+		fmt.Fprintf(c.stderr, "writethrough %s: --limit must not be negative\n", name)
+		return exitUsage
+	}
+
+	oc := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverNewPolicy}
+	switch {
+	case *sinceSeq > 0:
+		oc.DeliverPolicy, oc.OptStartSeq = jetstream.DeliverByStartSequencePolicy, *sinceSeq
+	case !start.IsZero():
+		oc.DeliverPolicy, oc.OptStartTime = jetstream.DeliverByStartTimePolicy, &start
+	}
+	coll, op := "*", "*"
+	if *collection != "" {
+		coll = *collection
+	}
+	if *typ != "" {
+		op = *typ
+	}
+	oc.FilterSubjects = []string{cfg.SubjectPrefix + "." + coll + "." + op}
+
+	// No Postgres or Redis needed: only NATS.
+	d := &deps{cfg: cfg}
+	if err := d.connectNATS(); err != nil {
+		return c.fail("%s: %v", name, err)
+	}
+	defer d.close()
+	js, err := jetstream.New(d.nc)
+	if err != nil {
+		return c.fail("%s: jetstream: %v", name, err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	cons, err := js.OrderedConsumer(sctx, cfg.Stream, oc)
+	cancel()
+	if err != nil {
+		return c.fail("%s: stream %s (WT_NATS_STREAM): %v", name, cfg.Stream, redact(err))
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return c.fail("%s: %v", name, err)
+	}
+	defer it.Stop()
+	go func() {
+		<-ctx.Done()
+		it.Stop()
+	}()
+	wantSubject := ""
+	if *key != "" {
+		wantSubject = *collection + "/" + *key
+	}
+	printed := 0
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return exitOK
+			}
+			return c.fail("%s: %v", name, err)
+		}
+		ev, err := cloudevent.Decode(&nats.Msg{Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data()})
+		if err != nil {
+			fmt.Fprintf(c.stderr, "writethrough %s: skipping a message on %s: %v\n", name, msg.Subject(), err)
+			continue
+		}
+		if wantSubject != "" && ev.EntitySubject != wantSubject {
+			continue
+		}
+		var seq uint64
+		if md, err := msg.Metadata(); err == nil {
+			seq = md.Sequence.Stream
+		}
+		te := tailedEvent{
+			StreamSeq: seq, Subject: ev.Subject, ID: ev.ID, Source: ev.Source, Type: ev.Type,
+			EntitySubject: ev.EntitySubject, Time: ev.Time, EntityVersion: ev.EntityVersion,
+			Traceparent: ev.Traceparent, Replay: msg.Headers().Get(headerReplay) == "true",
+			ReplayID: msg.Headers().Get(headerReplayID), Data: json.RawMessage(ev.Data),
+		}
+		if *asJSON {
+			line, err := json.Marshal(te)
+			if err != nil {
+				return c.fail("%s: %v", name, err)
+			}
+			if _, err := fmt.Fprintf(c.stdout, "%s\n", line); err != nil {
+				return exitOK // the reader went away (a closed pipe)
+			}
+		} else {
+			op := "put"
+			if ev.Deleted() {
+				op = "delete"
+			}
+			replay := ""
+			if te.Replay {
+				replay = "  (replay " + te.ReplayID + ")"
+			}
+			if _, err := fmt.Fprintf(c.stdout, "#%d %s %-6s %s v%d id=%s%s\n", seq, ev.Time, op, ev.EntitySubject, ev.EntityVersion, ev.ID, replay); err != nil {
+				return exitOK
+			}
+		}
+		printed++
+		if *limit > 0 && printed >= *limit {
+			return exitOK
+		}
+	}
+}
