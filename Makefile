@@ -11,6 +11,8 @@ TESTFLAGS ?=
 PKGS ?= ./...
 # Measuring time per phase of `make bench`, e.g. make bench BENCHTIME=20s.
 BENCHTIME ?= 10s
+# More flags for the bench, e.g. BENCHFLAGS="-bin bin/writethrough -keys 1000".
+BENCHFLAGS ?=
 
 .PHONY: help run test bench lint chaos services build
 
@@ -31,7 +33,7 @@ test: ## prepare the test services and run every test
 bench: ## compare the write path and cache-hit reads with pgbench and a bare HMGET handler
 	@deploy/services.sh test
 	@command -v pgbench >/dev/null 2>&1 || { echo "bench: pgbench not found: install it (apt-get install postgresql-contrib or postgresql-client)" >&2; exit 1; }
-	$(GO) run ./bench -duration $(BENCHTIME)
+	$(GO) run ./bench -duration $(BENCHTIME) $(BENCHFLAGS)
 
 lint: ## gofmt, go vet, and shellcheck when installed
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -50,6 +50,7 @@ type options struct {
 	keys             int
 	dbURL, redisURL  string
 	natsURL          string
+	bin              string
 }
 
 func main() {
@@ -64,6 +65,7 @@ func main() {
 	flag.StringVar(&o.dbURL, "database-url", testenv.DatabaseURL(), "Postgres ($WT_TEST_DATABASE_URL)")
 	flag.StringVar(&o.redisURL, "redis-url", testenv.RedisURL(), "Redis ($WT_TEST_REDIS_URL)")
 	flag.StringVar(&o.natsURL, "nats-url", testenv.NATSURL(), "NATS ($WT_TEST_NATS_URL)")
+	flag.StringVar(&o.bin, "bin", "", "a built writethrough binary to measure (default: build ./cmd/writethrough)")
 	flag.StringVar(&baselineAddr, "baseline-addr", "", "internal: serve the bare HMGET handler on this address")
 	flag.StringVar(&baselineKey, "baseline-key", "", "internal: the Redis key the bare handler reads")
 	flag.Parse()
@@ -91,10 +93,13 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	}
 	defer os.RemoveAll(dir)
 
-	fmt.Fprintln(out, "building writethrough ...")
-	bin := filepath.Join(dir, "writethrough")
-	if err := build(ctx, bin); err != nil {
-		return err
+	bin := o.bin
+	if bin == "" {
+		fmt.Fprintln(out, "building writethrough ...")
+		bin = filepath.Join(dir, "writethrough")
+		if err := build(ctx, bin); err != nil {
+			return err
+		}
 	}
 
 	id := testenv.Name("b")
