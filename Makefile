@@ -28,7 +28,8 @@ run: ## prepare Postgres, Redis and NATS, migrate, and serve the API with the re
 
 test: ## prepare the test services and run every test
 	@deploy/services.sh test
-	$(GO) test -json -count=1 -timeout 20m $(TESTFLAGS) $(PKGS) | $(GO) run ./deploy/testsum
+	@$(GO) build -o bin/testsum ./deploy/testsum
+	$(GO) test -json -count=1 -timeout 20m $(TESTFLAGS) $(PKGS) | bin/testsum
 
 bench: ## compare the write path and cache-hit reads with pgbench and a bare HMGET handler
 	@deploy/services.sh test
