@@ -1,0 +1,123 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// DB is what the relay's statements run on: a pool, a connection or a
+// transaction.
+type DB interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Claimed is an entry selected for work, with its state.
+type Claimed struct {
+	Entry
+	// PublishPending: the event still needs publishing.
+	PublishPending bool
+	// RepairDue: the cache write of this change did not succeed and the
+	// repair grace has passed.
+	RepairDue bool
+	// Due: next_attempt_at has come; false for an entry that waits for a
+	// retry (its key is parked until then).
+	Due      bool
+	Attempts int
+}
+
+// claimSQL selects, per partition, the oldest entries that need work, by
+// state and in seq order (never by "last seq seen": seqs are not in commit
+// order across keys). Each partition is an index scan of outbox_due with its
+// own limit. An entry whose cache write is still within the grace period and
+// whose event is published needs nothing yet and is left out.
+const claimSQL = `
+SELECT o.seq, o.event_id, o.part, o.collection, o.entity_id, o.version, o.op, o.data::text,
+       o.committed_at, coalesce(o.traceparent, ''), coalesce(o.tracestate, ''),
+       o.publish_state = 'pending', o.cache_state = 'pending' AND o.committed_at < now() - $3 * interval '1 microsecond',
+       o.next_attempt_at <= now(), o.attempts
+FROM unnest($1::int[]) AS p(part)
+CROSS JOIN LATERAL (
+    SELECT * FROM outbox
+    WHERE part = p.part
+      AND (publish_state = 'pending' OR (cache_state = 'pending' AND committed_at < now() - $3 * interval '1 microsecond'))
+    ORDER BY seq
+    LIMIT $2
+) o`
+
+// Claim reads up to perPart entries needing work from each partition in
+// parts, ordered by partition then seq. It is one statement: no transaction
+// stays open while the caller works the entries. Ownership of the
+// partitions (the leases) is what keeps other relays off them.
+func Claim(ctx context.Context, db DB, parts []int32, perPart int, repairGrace time.Duration) ([]*Claimed, error) {
+	rows, err := db.Query(ctx, claimSQL, parts, perPart, repairGrace.Microseconds())
+	if err != nil {
+		return nil, fmt.Errorf("claim outbox entries: %w", err)
+	}
+	defer rows.Close()
+	var out []*Claimed
+	for rows.Next() {
+		c := &Claimed{}
+		var op string
+		var data *string
+		var part int32
+		if err := rows.Scan(&c.Seq, &c.EventID, &part, &c.Collection, &c.EntityID, &c.Version, &op, &data,
+			&c.CommittedAt, &c.Traceparent, &c.Tracestate, &c.PublishPending, &c.RepairDue, &c.Due, &c.Attempts); err != nil {
+			return nil, fmt.Errorf("claim outbox entries: %w", err)
+		}
+		c.Partition, c.Op = int(part), Op(op)
+		if data != nil {
+			c.Data = []byte(*data)
+		}
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("claim outbox entries: %w", err)
+	}
+	return out, nil
+}
+
+// Row is an entity's current row, what a cache repair writes.
+type Row struct {
+	Collection string
+	ID         string
+	Version    int64
+	Data       []byte // nil for a tombstone
+	UpdatedAt  time.Time
+}
+
+const currentRowsSQL = `
+SELECT e.collection, e.id, e.version, e.data::text, e.updated_at
+FROM unnest($1::text[], $2::text[]) AS k(collection, id)
+JOIN entities e ON e.collection = k.collection AND e.id = k.id`
+
+// CurrentRows reads the current rows of the given keys (collections[i],
+// ids[i]). A key without a row is left out.
+func CurrentRows(ctx context.Context, db DB, collections, ids []string) ([]Row, error) {
+	rows, err := db.Query(ctx, currentRowsSQL, collections, ids)
+	if err != nil {
+		return nil, fmt.Errorf("read current rows: %w", err)
+	}
+	defer rows.Close()
+	var out []Row
+	for rows.Next() {
+		var r Row
+		var data *string
+		if err := rows.Scan(&r.Collection, &r.ID, &r.Version, &data, &r.UpdatedAt); err != nil {
+			return nil, fmt.Errorf("read current rows: %w", err)
+		}
+		if data != nil {
+			r.Data = []byte(*data)
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read current rows: %w", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,229 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/writethrough/writethrough/internal/fence"
+)
+
+// Relay works the outbox. Create it with New, run it with Start, end it with
+// Stop.
+type Relay struct {
+	cfg      Config
+	pool     *pgxpool.Pool
+	fence    *fence.Fence
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	log      *slog.Logger
+	tracer   trace.Tracer
+	metrics  *metrics
+	leases   *leaseTable
+	hostname string
+	pid      int
+
+	wake chan struct{}
+
+	// In-flight publishes by message, resolved by the JetStream callbacks.
+	flightMu sync.Mutex
+	flights  map[*nats.Msg]*flight
+	results  chan result
+
+	streamReady   atomic.Bool
+	roundsStarted atomic.Int64
+	roundsDone    atomic.Int64
+
+	startOnce sync.Once
+	stopOnce  sync.Once
+	started   atomic.Bool
+	killed    atomic.Bool
+	stopping  chan struct{} // closed by Stop: finish the round, then end
+	hardCtx   context.Context
+	hardStop  context.CancelFunc // abandons work in progress
+	bgCancel  context.CancelFunc // ends the lease, listen and housekeeping loops
+	workDone  chan struct{}
+	leaseDone chan struct{}
+	bg        sync.WaitGroup
+	stopped   chan struct{}
+	stopErr   error
+}
+
+// New returns a Relay for cfg. It does not touch the network.
+func New(cfg Config) (*Relay, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(cfg.MeterProvider)
+	if err != nil {
+		return nil, fmt.Errorf("relay metrics: %w", err)
+	}
+	host, _ := os.Hostname()
+	r := &Relay{
+		cfg:       cfg,
+		pool:      cfg.Pool,
+		fence:     cfg.Fence,
+		nc:        cfg.NATS,
+		log:       cfg.Logger.With(slog.String("relay", cfg.ID)),
+		tracer:    cfg.TracerProvider.Tracer("github.com/writethrough/writethrough/relay"),
+		metrics:   m,
+		leases:    newLeaseTable(cfg.ID, cfg.LeaseTTL),
+		hostname:  host,
+		pid:       os.Getpid(),
+		wake:      make(chan struct{}, 1),
+		flights:   map[*nats.Msg]*flight{},
+		results:   make(chan result, cfg.MaxInFlight+16),
+		stopping:  make(chan struct{}),
+		workDone:  make(chan struct{}),
+		leaseDone: make(chan struct{}),
+		stopped:   make(chan struct{}),
+	}
+	r.js, err = jetstream.New(cfg.NATS,
+		jetstream.WithPublishAsyncMaxPending(cfg.MaxInFlight),
+		jetstream.WithPublishAsyncTimeout(cfg.PublishTimeout),
+		jetstream.WithPublishAsyncAckHandler(r.onAck),
+		jetstream.WithPublishAsyncErrHandler(r.onErr),
+	)
+	if err != nil {
+		m.close()
+		return nil, fmt.Errorf("relay jetstream: %w", err)
+	}
+	return r, nil
+}
+
+// ID returns the relay's id in the relays and lease tables.
+func (r *Relay) ID() string { return r.cfg.ID }
+
+// Start registers the relay, takes its first leases, creates or updates the
+// stream (if NATS is reachable now; otherwise before the first publish) and
+// starts working. It returns once the relay runs. ctx bounds only the start.
+func (r *Relay) Start(ctx context.Context) error {
+	select {
+	case <-r.stopping:
+		return ErrStopped
+	default:
+	}
+	err := errors.New("relay: already started")
+	r.startOnce.Do(func() { err = r.start(ctx) })
+	return err
+}
+
+func (r *Relay) start(ctx context.Context) error {
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	if err := r.ensureStream(sctx); err != nil {
+		r.log.Warn("stream not ready at start; will retry before publishing", slog.String("stream", r.cfg.Stream), slog.String("error", err.Error()))
+	}
+	cancel()
+
+	r.hardCtx, r.hardStop = context.WithCancel(context.WithoutCancel(ctx))
+	bgCtx, bgCancel := context.WithCancel(context.WithoutCancel(ctx))
+	r.bgCancel = bgCancel
+	leaseCtx, leaseCancel := context.WithCancel(r.hardCtx)
+
+	r.tickLeases(ctx)
+	r.started.Store(true)
+
+	go func() {
+		defer close(r.leaseDone)
+		r.leaseLoop(leaseCtx)
+	}()
+	go func() {
+		defer close(r.workDone)
+		defer leaseCancel() // the lease loop ends after the worker
+		r.work()
+	}()
+	r.bg.Add(2)
+	go func() { defer r.bg.Done(); r.listen(bgCtx) }()
+	go func() { defer r.bg.Done(); r.housekeep(bgCtx) }()
+	r.log.Info("relay started", slog.Int("partitions", r.leases.count()), slog.String("stream", r.cfg.Stream))
+	return nil
+}
+
+// ensureStream creates or updates the stream: subjects "{prefix}.>" and the
+// configured duplicate window.
+func (r *Relay) ensureStream(ctx context.Context) error {
+	_, err := r.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:       r.cfg.Stream,
+		Subjects:   []string{r.cfg.SubjectPrefix + ".>"},
+		Duplicates: r.cfg.DuplicateWindow,
+		Storage:    jetstream.FileStorage,
+	})
+	if err != nil {
+		return fmt.Errorf("create or update stream %s: %w", r.cfg.Stream, err)
+	}
+	r.streamReady.Store(true)
+	return nil
+}
+
+func (r *Relay) leaseLoop(ctx context.Context) {
+	t := time.NewTicker(r.cfg.LeaseTTL / 5)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			r.tickLeases(ctx)
+		}
+	}
+}
+
+func (r *Relay) wakeup() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Stop ends the relay: it finishes the round in progress (its publishes are
+// acknowledged and marked), releases the leases so other relays take over at
+// once, and waits for every goroutine. If ctx ends first, work in progress is
+// abandoned (its entries are worked again later; JetStream drops the
+// duplicates). Stop is idempotent; later calls wait for the first.
+func (r *Relay) Stop(ctx context.Context) error {
+	first := false
+	r.stopOnce.Do(func() { first = true; close(r.stopping) })
+	if !first {
+		select {
+		case <-r.stopped:
+			return r.stopErr
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	defer close(r.stopped)
+	defer r.metrics.close()
+	if !r.started.Load() {
+		return nil
+	}
+	halt := context.AfterFunc(ctx, r.hardStop)
+	defer halt()
+	<-r.workDone
+	<-r.leaseDone
+	var errs []error
+	if !r.killed.Load() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		errs = append(errs, r.releaseAll(rctx))
+		errs = append(errs, unregister(rctx, r))
+		cancel()
+	}
+	r.bgCancel()
+	r.bg.Wait()
+	r.hardStop()
+	r.stopErr = errors.Join(errs...)
+	if !r.killed.Load() {
+		r.log.Info("relay stopped")
+	}
+	return r.stopErr
+}
