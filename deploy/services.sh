@@ -91,7 +91,11 @@ pg_dbname() {
 
 pg_up() { pg_isready -q -t 2 -d "$(pg_admin_url "$pg_url")" >/dev/null 2>&1; }
 redis_up() { [[ $(timeout 3 redis-cli -u "$redis_url" ping 2>/dev/null) == PONG ]]; }
-nats_up() { tcp_open $(hostport "$nats_url" 4222); }
+nats_up() {
+	local host port
+	read -r host port <<<"$(hostport "$nats_url" 4222)"
+	tcp_open "$host" "$port"
+}
 
 docker_engine() {
 	command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1
@@ -106,24 +110,34 @@ wait_for() { # check name
 	return 1
 }
 
+# launch service command...: runs a start command; on failure, one line with
+# the last thing it said.
+launch() {
+	local svc=$1 out
+	shift
+	out=$("$@" 2>&1) || die "could not start $svc ($1): $(tail -n 1 <<<"$out")"
+}
+
 start_local() { # service
 	case $1 in
 	postgres)
-		command -v pg_ctlcluster >/dev/null 2>&1 && [[ -n $(ls /etc/postgresql 2>/dev/null) ]] ||
+		if ! command -v pg_ctlcluster >/dev/null 2>&1 || [[ -z $(ls /etc/postgresql 2>/dev/null) ]]; then
 			die "Postgres is not running at \$$pg_var and no local server is installed: install it (apt-get install postgresql) or start Postgres there"
-		pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start >/dev/null 2>&1 || true
+		fi
+		# shellcheck disable=SC2012 # the entries are version numbers
+		launch postgres pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n 1)" main start
 		;;
 	redis)
 		command -v redis-server >/dev/null 2>&1 ||
 			die "redis-server not found: install it (apt-get install redis-server) or start Redis at \$$redis_var"
 		mkdir -p /var/lib/redis /var/log/redis
-		redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log >/dev/null 2>&1 || true
+		launch redis redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
 		;;
 	nats)
 		[[ -x /usr/sbin/nats-server ]] ||
 			die "nats-server not found: install it (apt-get install nats-server) or start NATS with JetStream at \$$nats_var"
 		mkdir -p /var/lib/nats-server
-		start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log >/dev/null 2>&1 || true
+		launch nats start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
 		;;
 	esac
 }
@@ -146,8 +160,9 @@ ensure() {
 	echo "services: started $svc"
 }
 
-command -v pg_isready >/dev/null 2>&1 && command -v psql >/dev/null 2>&1 ||
+if ! command -v pg_isready >/dev/null 2>&1 || ! command -v psql >/dev/null 2>&1; then
 	die "psql and pg_isready not found: install the Postgres client (apt-get install postgresql-client)"
+fi
 command -v redis-cli >/dev/null 2>&1 ||
 	die "redis-cli not found: install it (apt-get install redis-tools)"
 
