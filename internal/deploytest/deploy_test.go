@@ -1,10 +1,13 @@
 // Package deploytest checks the deployment files against the code: the
 // services and environment of docker-compose.yml, deploy/Dockerfile, the
-// configuration table of README.md, and the service script.
+// Kubernetes manifests, the configuration table of README.md, and the
+// service script.
 package deploytest
 
 import (
 	"context"
+	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +20,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/stretchr/testify/require"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/writethrough/writethrough/internal/config"
 )
@@ -207,4 +211,48 @@ func TestServicesScript(t *testing.T) {
 	out, err = cmd.CombinedOutput()
 	require.Error(t, err)
 	require.Contains(t, string(out), "usage")
+}
+
+// TestKubernetesEnvironmentIsConfiguration checks the variables the
+// manifests set, as TestComposeEnvironmentIsConfiguration does for compose.
+func TestKubernetesEnvironmentIsConfiguration(t *testing.T) {
+	t.Parallel()
+	f, err := os.Open(filepath.Join(root(t), "deploy", "k8s", "writethrough.yaml"))
+	require.NoError(t, err)
+	defer f.Close()
+	type container struct {
+		Name string
+		Args []string
+		Env  []struct{ Name string }
+	}
+	type manifest struct {
+		Kind string
+		Spec struct {
+			Template struct {
+				Spec struct{ Containers []container }
+			}
+		}
+	}
+	known := config.Variables()
+	dec := yaml.NewDecoder(f)
+	var commands [][]string
+	for {
+		var m manifest
+		if err := dec.Decode(&m); errors.Is(err, io.EOF) {
+			break
+		} else {
+			require.NoError(t, err)
+		}
+		for _, c := range m.Spec.Template.Spec.Containers {
+			commands = append(commands, c.Args)
+			require.NotEmpty(t, c.Env, "%s %s sets no environment", m.Kind, c.Name)
+			for _, e := range c.Env {
+				if !strings.HasPrefix(e.Name, "OTEL_") {
+					require.Contains(t, known, e.Name, "%s %s sets %s, which writethrough does not read", m.Kind, c.Name, e.Name)
+				}
+			}
+		}
+	}
+	require.Contains(t, commands, []string{"migrate", "up"})
+	require.Contains(t, commands, []string{"serve"})
 }
