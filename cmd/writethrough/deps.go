@@ -30,13 +30,14 @@ type deps struct {
 // Redis client. It does not require Redis to answer: the service runs
 // degraded without it.
 func (c *cli) connect(ctx context.Context, cfg *config.Config) (*deps, error) {
-	tel, err := telemetry.Setup(ctx, telemetry.Config{LogLevel: cfg.LogLevel, LogOutput: c.stderr})
+	tel, err := telemetry.Setup(ctx, telemetry.Config{LogLevel: cfg.LogLevel, LogOutput: c.stderr, Getenv: c.getenv})
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: %w", err)
 	}
 	d := &deps{cfg: cfg, tel: tel}
-	d.pool, err = pg.Open(ctx, pg.Config{URL: cfg.DatabaseURL, Schema: cfg.Schema})
+	d.pool, err = pg.Open(ctx, pg.Config{URL: cfg.DatabaseURL, Schema: cfg.Schema, Tweak: tel.InstrumentPool})
 	if err != nil {
+		d.close()
 		return nil, err
 	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -55,6 +56,10 @@ func (c *cli) connect(ctx context.Context, cfg *config.Config) (*deps, error) {
 		return nil, fmt.Errorf("REDIS_URL: %v", redact(err))
 	}
 	d.rdb = redis.NewClient(opt)
+	if err := tel.InstrumentRedis(d.rdb); err != nil {
+		d.close()
+		return nil, err
+	}
 	d.fence, err = fence.New(d.rdb, fence.Config{Prefix: cfg.RedisPrefix})
 	if err != nil {
 		d.close()
