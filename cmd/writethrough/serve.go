@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/writethrough/writethrough/internal/fence"
+	"github.com/writethrough/writethrough/writer"
+)
+
+func init() {
+	register("serve", "serve the HTTP API, and run the relay in the same process unless --relay=false", serveCmd)
+}
+
+// serveCmd serves the API until SIGINT/SIGTERM, then shuts down in order:
+// the HTTP server stops accepting and finishes the requests in flight, then
+// the relay stops, then the connections close.
+func serveCmd(ctx context.Context, c *cli, args []string) int {
+	fs := c.flags("serve")
+	withRelay := fs.Bool("relay", true, "run the outbox relay in this process")
+	cacheTimeout := fs.Duration("cache-timeout", 200*time.Millisecond, "bound on the synchronous cache write after a commit; past it the write answers X-Cache-Write: pending")
+	tombstoneTTL := fs.Duration("tombstone-ttl", 24*time.Hour, "expiry of cached tombstones; must outlast the relay's longest retry horizon")
+	valueTTL := fs.Duration("value-ttl", 0, "expiry of cached values (0: none)")
+	shutdownTimeout := fs.Duration("shutdown-timeout", 25*time.Second, "how long shutdown waits for requests in flight")
+	cfg, code := c.parse(fs, args)
+	if cfg == nil {
+		return code
+	}
+	for _, d := range []struct {
+		name     string
+		v        time.Duration
+		positive bool
+	}{
+		{"--cache-timeout", *cacheTimeout, true},
+		{"--tombstone-ttl", *tombstoneTTL, true},
+		{"--value-ttl", *valueTTL, false},
+		{"--shutdown-timeout", *shutdownTimeout, true},
+	} {
+		if d.v < 0 || (d.positive && d.v == 0) {
+			fmt.Fprintf(c.stderr, "writethrough: bad configuration: %s: must be a positive duration, got %s\n", d.name, d.v)
+			return exitUsage
+		}
+	}
+
+	d, err := c.connect(ctx, cfg)
+	if err != nil {
+		return c.fail("%v", err)
+	}
+	defer d.close()
+	log := d.tel.Logger
+	d.fence, err = fence.New(d.rdb, fence.Config{Prefix: cfg.RedisPrefix, ValueTTL: *valueTTL, TombstoneTTL: *tombstoneTTL})
+	if err != nil {
+		return c.fail("serve: %v", err)
+	}
+	if err := d.connectNATS(); err != nil {
+		return c.fail("serve: %v", err)
+	}
+	w, err := writer.New(writer.Config{
+		Pool: d.pool, Fence: d.fence, CacheTimeout: *cacheTimeout,
+		Logger: log, MeterProvider: d.tel.MeterProvider,
+	})
+	if err != nil {
+		return c.fail("serve: %v", err)
+	}
+	defer w.Close()
+
+	stopRelay := func(context.Context) error { return nil }
+	if *withRelay {
+		if stopRelay, err = startRelay(ctx, d); err != nil {
+			return c.fail("serve: %v", redact(err))
+		}
+	}
+
+	api := writer.NewHandler(w, writer.HandlerConfig{
+		MaxBodyBytes:  cfg.MaxBodyBytes,
+		Logger:        log,
+		MeterProvider: d.tel.MeterProvider,
+		ReadyChecks: map[string]func(context.Context) error{
+			"nats": func(ctx context.Context) error {
+				if !d.nc.IsConnected() {
+					return errors.New("not connected")
+				}
+				return d.nc.FlushWithContext(ctx)
+			},
+		},
+	})
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", d.tel.MetricsHandler)
+	mux.Handle("/", api)
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		stopAll(log, stopRelay, *shutdownTimeout)
+		return c.fail("serve: listen on %s: %v", cfg.HTTPAddr, err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("listening", slog.String("addr", ln.Addr().String()), slog.Bool("relay", *withRelay))
+
+	select {
+	case <-ctx.Done():
+	case err := <-served:
+		stopAll(log, stopRelay, *shutdownTimeout)
+		return c.fail("serve: %v", err)
+	}
+	log.Info("shutting down", slog.Duration("timeout", *shutdownTimeout))
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), *shutdownTimeout)
+	defer cancel()
+	code = exitOK
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Error("requests still in flight at the shutdown timeout", slog.String("error", err.Error()))
+		_ = srv.Close()
+		code = exitFail
+	}
+	<-served
+	if err := stopRelay(sctx); err != nil {
+		log.Error("stop relay", slog.String("error", redact(err).Error()))
+		code = exitFail
+	}
+	log.Info("stopped")
+	return code
+}
+
+func stopAll(log *slog.Logger, stopRelay func(context.Context) error, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := stopRelay(ctx); err != nil {
+		log.Error("stop relay", slog.String("error", redact(err).Error()))
+	}
+}
