@@ -18,4 +18,3 @@ func PruneLeaseLog(ctx context.Context, db DB, retention time.Duration) error {
 	}
 	return nil
 }
-

@@ -3,10 +3,10 @@ package relay
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,7 +22,12 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv("WT_TEST_LOG") == "" {
+		slog.SetDefault(slog.New(slog.DiscardHandler))
+	}
 	goleak.VerifyTestMain(m,
+		// go-redis waits out a failed dial in the background after Close.
+		goleak.IgnoreTopFunction("github.com/redis/go-redis/v9/internal/pool.(*ConnPool).tryDial"),
 		// pgxpool's background health check ends shortly after Close.
 		goleak.IgnoreTopFunction("github.com/jackc/pgx/v5/pgxpool.(*Pool).backgroundHealthCheck"),
 		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
@@ -201,6 +206,3 @@ func eventually(t testing.TB, d time.Duration, cond func() bool, msg string, arg
 	t.Helper()
 	testenv.Eventually(t, d, cond, msg, args...)
 }
-
-var _ = sync.Mutex{}
-var _ = os.Getenv
