@@ -24,6 +24,8 @@ import (
 func TestMain(m *testing.M) {
 	if os.Getenv("WT_TEST_LOG") == "" {
 		slog.SetDefault(slog.New(slog.DiscardHandler))
+	} else {
+		slog.SetLogLoggerLevel(slog.LevelDebug)
 	}
 	goleak.VerifyTestMain(m,
 		// go-redis waits out a failed dial in the background after Close.

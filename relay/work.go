@@ -107,7 +107,9 @@ func (r *Relay) round(ctx context.Context) (progress, outage bool) {
 		parts[i] = l.Part
 		epochs[l.Part] = l.Epoch
 	}
+	began := time.Now()
 	claimed, err := outbox.Claim(ctx, r.pool, parts, r.cfg.BatchPerPartition, r.cfg.RepairGrace)
+	claimDur := time.Since(began)
 	if err != nil {
 		if ctx.Err() == nil {
 			r.log.Warn("claim failed", slog.String("error", err.Error()))
@@ -160,6 +162,8 @@ func (r *Relay) round(ctx context.Context) (progress, outage bool) {
 	}
 	published, pubOutage := r.publish(ctx, h, n, queues)
 	wg.Wait()
+	r.log.Debug("round", slog.Int("entries", len(claimed)), slog.Int64("published", published), slog.Int64("repaired", repaired),
+		slog.Duration("claim", claimDur), slog.Duration("total", time.Since(began)))
 	return published+repaired > 0, pubOutage || repairOutage
 }
 

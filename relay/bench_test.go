@@ -1,0 +1,192 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/writethrough/writethrough/internal/cloudevent"
+	"github.com/writethrough/writethrough/internal/pg"
+	"github.com/writethrough/writethrough/internal/testenv"
+	"github.com/writethrough/writethrough/outbox"
+	"github.com/writethrough/writethrough/writer"
+)
+
+// benchScale returns the size of the relay benchmarks: WT_BENCH=1 runs the
+// full figures (200k changes over 10k keys; 1000 writes/s for 10 s),
+// WT_BENCH=quick a scaled-down run; unset skips them (make test).
+func benchScale(t *testing.T) (changes, keys int, latency time.Duration) {
+	switch os.Getenv("WT_BENCH") {
+	case "1":
+		return 200_000, 10_000, 10 * time.Second
+	case "quick":
+		return 20_000, 1_000, 3 * time.Second
+	}
+	t.Skip("set WT_BENCH=1 (or WT_BENCH=quick) to run the relay benchmarks")
+	return 0, 0, 0
+}
+
+// TestBenchDrain fills the outbox with committed changes (about 10 % with a
+// failed cache write) and times the relay's drain against a minimal async
+// JetStream publisher of the same messages.
+func TestBenchDrain(t *testing.T) {
+	changes, nkeys, _ := benchScale(t)
+	env := testenv.New(t)
+	b := setupWith(t, env, env.NATSURL, env.Fence)
+	ctx := context.Background()
+	fill(t, env, changes, nkeys)
+	entries := outboxEntries(t, env)
+	require.Len(t, entries, changes)
+
+	// Reference: publish the same messages, async, window 4096, to a
+	// stream of its own.
+	refStream, refPrefix := env.Stream+"_REF", env.SubjectPrefix+"ref"
+	_, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: refStream, Subjects: []string{refPrefix + ".>"}, Duplicates: 2 * time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = b.js.DeleteStream(context.Background(), refStream) })
+	refJS, err := jetstream.New(b.nc, jetstream.WithPublishAsyncMaxPending(4096))
+	require.NoError(t, err)
+	msgs := make([]*nats.Msg, len(entries))
+	for i, e := range entries {
+		msgs[i] = cloudevent.Encode(e, "/bench", refPrefix)
+	}
+	start := time.Now()
+	var futures []jetstream.PubAckFuture
+	for _, m := range msgs {
+		f, err := refJS.PublishMsgAsync(m)
+		require.NoError(t, err)
+		futures = append(futures, f)
+	}
+	<-refJS.PublishAsyncComplete()
+	refDur := time.Since(start)
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			t.Fatalf("reference publish: %v", err)
+		}
+	}
+
+	cfg := b.config(nil)
+	cfg.RepairGrace = time.Second
+	start = time.Now()
+	b.start(t, cfg)
+	// Poll gently: a count every 10ms would compete with the relay.
+	for countState(t, env, `publish_state = 'pending' OR cache_state = 'pending'`) > 0 {
+		require.Less(t, time.Since(start), 5*time.Minute, "outbox not drained")
+		time.Sleep(50 * time.Millisecond)
+	}
+	relayDur := time.Since(start)
+
+	refRate := float64(changes) / refDur.Seconds()
+	relayRate := float64(changes) / relayDur.Seconds()
+	t.Logf("drain %d changes over %d keys (10%% repaired): relay %s = %.0f events/s; reference async publisher %s = %.0f events/s; ratio %.2f (target >= 0.4)",
+		changes, nkeys, relayDur.Round(time.Millisecond), relayRate, refDur.Round(time.Millisecond), refRate, relayRate/refRate)
+	fmt.Printf("BENCH drain: relay %.0f events/s, reference %.0f events/s, ratio %.2f\n", relayRate, refRate, relayRate/refRate)
+}
+
+// fill commits changes over nkeys keys straight into entities and outbox,
+// as the writer would have; every tenth key's changes need a cache repair.
+func fill(t *testing.T, env *testenv.Env, changes, nkeys int) {
+	ctx := context.Background()
+	per := changes / nkeys
+	cols, ids := make([]string, nkeys), make([]string, nkeys)
+	parts := make([]int32, nkeys)
+	for i := range nkeys {
+		cols[i], ids[i] = "items", "k"+strconv.Itoa(i)
+		parts[i] = int32(outbox.PartitionOf(cols[i], ids[i]))
+	}
+	_, err := env.Pool.Exec(ctx, `
+INSERT INTO entities (collection, id, version, data, updated_at)
+SELECT c, i, $3::bigint, jsonb_build_object('n', $3::bigint, 'pad', repeat('x', 100)), now() - interval '1 minute'
+FROM unnest($1::text[], $2::text[]) AS k(c, i)`, cols, ids, per)
+	require.NoError(t, err)
+	_, err = env.Pool.Exec(ctx, `
+INSERT INTO outbox (event_id, part, collection, entity_id, version, op, data, committed_at, cache_state)
+SELECT gen_random_uuid(), k.p, k.c, k.i, v, 'put', jsonb_build_object('n', v, 'pad', repeat('x', 100)),
+       now() - interval '1 minute' + v * interval '1 millisecond',
+       CASE WHEN k.n % 10 = 0 THEN 'pending' ELSE 'done' END
+FROM generate_series(1, $4::int) AS v, unnest($1::text[], $2::text[], $3::int[]) WITH ORDINALITY AS k(c, i, p, n)
+ORDER BY v, k.n`, cols, ids, parts, per)
+	require.NoError(t, err)
+	_, err = env.Pool.Exec(ctx, `ANALYZE outbox`)
+	require.NoError(t, err)
+}
+
+// TestBenchLatency writes at a steady 1000 changes/s and measures, in a
+// subscriber, the time from each event's ce-time to its arrival.
+func TestBenchLatency(t *testing.T) {
+	_, _, dur := benchScale(t)
+	b := setup(t)
+	ctx := context.Background()
+	// The relay gets a pool of its own, as a relay process would; the
+	// writers' 32 concurrent transactions would otherwise queue it.
+	pool, err := pg.Open(ctx, pg.Config{URL: b.env.DatabaseURL, Schema: b.env.Schema, MaxConns: 8})
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	b.start(t, Config{
+		Pool: pool, Fence: b.env.Fence, NATS: b.nc,
+		Stream: b.env.Stream, SubjectPrefix: b.env.SubjectPrefix, Source: "/bench",
+	})
+	// A plain subscriber on the event subjects: it sees each event as the
+	// relay publishes it to the stream.
+	var mu sync.Mutex
+	var lat []time.Duration
+	sub, err := b.nc.Subscribe(b.env.SubjectPrefix+".>", func(m *nats.Msg) {
+		at := time.Now()
+		ts, err := time.Parse(outbox.TimeFormat, m.Header.Get(cloudevent.HeaderTime))
+		if err != nil {
+			return
+		}
+		mu.Lock()
+		lat = append(lat, at.Sub(ts))
+		mu.Unlock()
+	})
+	require.NoError(t, err)
+	defer func() { _ = sub.Unsubscribe() }()
+
+	const rate = 1000
+	total := int(dur.Seconds() * rate)
+	keys := makeKeys(1000)
+	tick := time.NewTicker(time.Second / rate)
+	defer tick.Stop()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	for i := range total {
+		<-tick.C
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			k := keys[i%len(keys)]
+			_, err := b.w.Do(ctx, func(tx writer.Tx) error {
+				_, err := tx.Put(ctx, k.c, k.id, []byte(`{"i":`+strconv.Itoa(i)+`}`))
+				return err
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	eventually(t, 30*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(lat) >= total }, "every event arrived")
+	mu.Lock()
+	defer mu.Unlock()
+	slices.Sort(lat)
+	q := func(p float64) time.Duration { return lat[int(p*float64(len(lat)-1))] }
+	t.Logf("latency over %d events at %d writes/s: p50 %s p90 %s p99 %s max %s (target p99 <= 10ms)",
+		len(lat), rate, q(0.5), q(0.9), q(0.99), lat[len(lat)-1])
+	var dbP50, dbP99 float64
+	require.NoError(t, b.env.Pool.QueryRow(ctx, `SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - committed_at)), percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - committed_at)) FROM outbox`).Scan(&dbP50, &dbP99))
+	t.Logf("commit-to-mark (database clock): p50 %.1fms p99 %.1fms", dbP50*1000, dbP99*1000)
+	fmt.Printf("BENCH latency: p50 %s p99 %s max %s\n", q(0.5), q(0.99), lat[len(lat)-1])
+}
