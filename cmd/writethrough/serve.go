@@ -93,7 +93,7 @@ func serveCmd(ctx context.Context, c *cli, args []string) int {
 	mux.Handle("GET /metrics", d.tel.MetricsHandler)
 	mux.Handle("/", api)
 	srv := &http.Server{
-		Handler:           mux,
+		Handler:           d.tel.WrapHandler(mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		WriteTimeout:      60 * time.Second,
