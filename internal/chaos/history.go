@@ -127,21 +127,24 @@ const (
 	FaultPGSlow       FaultKind = "pg-slow"
 	FaultPGReset      FaultKind = "pg-reset"
 	FaultKill         FaultKind = "kill"
-	FaultCrashpoint   FaultKind = "crashpoint"
 )
 
 // AllFaultKinds lists every kind, in report order.
 var AllFaultKinds = []FaultKind{
 	FaultRedisCut, FaultRedisSlow, FaultRedisReset, FaultRedisRestart,
 	FaultNATSCut, FaultNATSSlow, FaultNATSReset,
-	FaultPGSlow, FaultPGReset, FaultKill, FaultCrashpoint,
+	FaultPGSlow, FaultPGReset, FaultKill,
+	FaultCrashWriterAfterCommit, FaultCrashWriterAfterCache,
+	FaultCrashRelayAfterPublish, FaultCrashRelayAfterRepair,
 }
 
 // TouchesRedis reports whether the fault can make the service unable to
 // reach Redis (so an API read may be served from Postgres, newer than the
 // cache, until the relay repairs it: CONTRACT §4's allowed window).
 func (k FaultKind) TouchesRedis() bool {
-	return k == FaultRedisCut || k == FaultRedisSlow || k == FaultRedisReset || k == FaultRedisRestart
+	// relay-after-repair is armed with Redis cut for a moment (faults.go).
+	return k == FaultRedisCut || k == FaultRedisSlow || k == FaultRedisReset || k == FaultRedisRestart ||
+		k == FaultCrashRelayAfterRepair
 }
 
 // Fault is one injected fault, from its start to the moment it healed (for a

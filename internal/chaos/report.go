@@ -10,15 +10,20 @@ import (
 
 // Report is the outcome of one run, or of several merged.
 type Report struct {
-	Seeds     []int64
-	Duration  time.Duration
-	Ops       map[Kind]int
-	Unknown   int // writes with an unknown outcome
-	Pending   int // writes answered X-Cache-Write: pending
-	Events    int
-	Faults    map[FaultKind]int
-	Results   map[string]*Result
-	ConvTimes []time.Duration
+	Seeds    []int64
+	Duration time.Duration
+	Ops      map[Kind]int
+	Unknown  int // writes with an unknown outcome
+	// ServerErrors counts answers 500 and other 5xx but 503: the contract
+	// knows only 503 (Postgres unavailable or a persisting conflict).
+	ServerErrors int
+	Pending      int // writes answered X-Cache-Write: pending
+	Events       int
+	Faults       map[FaultKind]int
+	Results      map[string]*Result
+	ConvTimes    []time.Duration
+	// UnexpectedExits counts service exits no fault caused (crashes).
+	UnexpectedExits int
 }
 
 // NewReport builds the report of one run from its history and results.
@@ -30,6 +35,9 @@ func NewReport(seed int64, h *History, conv Convergence, events int, results ...
 		r.Ops[op.Kind]++
 		if op.Unknown() {
 			r.Unknown++
+		}
+		if op.Status >= 500 && op.Status != 503 {
+			r.ServerErrors++
 		}
 		if op.Kind.IsWrite() && op.OK() && op.CacheWrite == CachePending {
 			r.Pending++
@@ -56,6 +64,7 @@ func (r *Report) Merge(o *Report) {
 		r.Ops[k] += n
 	}
 	r.Unknown += o.Unknown
+	r.ServerErrors += o.ServerErrors
 	r.Pending += o.Pending
 	r.Events += o.Events
 	for k, n := range o.Faults {
@@ -72,6 +81,7 @@ func (r *Report) Merge(o *Report) {
 		cur.Violations = append(cur.Violations, res.Violations...)
 	}
 	r.ConvTimes = append(r.ConvTimes, o.ConvTimes...)
+	r.UnexpectedExits += o.UnexpectedExits
 }
 
 // Violations counts every violation.
@@ -114,6 +124,7 @@ func (r *Report) WriteTable(w io.Writer) {
 	}
 	fmt.Fprintf(tw, "  writes with unknown outcome\t%d\n", r.Unknown)
 	fmt.Fprintf(tw, "  writes answered pending\t%d\n", r.Pending)
+	fmt.Fprintf(tw, "  answers 5xx other than 503\t%d\n", r.ServerErrors)
 	fmt.Fprintf(tw, "events on the stream\t%d\n", r.Events)
 	nf := 0
 	for _, n := range r.Faults {
@@ -123,6 +134,7 @@ func (r *Report) WriteTable(w io.Writer) {
 	for _, k := range AllFaultKinds {
 		fmt.Fprintf(tw, "  %s\t%d\n", k, r.Faults[k])
 	}
+	fmt.Fprintf(tw, "unexpected service exits\t%d\n", r.UnexpectedExits)
 	fmt.Fprintf(tw, "violations\t%d\n", r.Violations())
 	for _, name := range Checkers {
 		res, ok := r.Results[name]

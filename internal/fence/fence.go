@@ -186,6 +186,9 @@ func (f *Fence) Apply(ctx context.Context, entries ...Entry) ([]Outcome, error) 
 	if len(entries) == 0 {
 		return out, nil
 	}
+	if bout, ok, err := brokenApply(ctx, f, entries); ok {
+		return bout, err
+	}
 	run := func() ([]*redis.Cmd, error) {
 		cmds := make([]*redis.Cmd, len(entries))
 		_, err := f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
