@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -120,23 +122,25 @@ func newHandler(w *Writer, cfg HandlerConfig) (*Handler, error) {
 	}
 	slices.SortFunc(h.readyChecks, func(a, b readyCheck) int { return cmp.Compare(a.name, b.name) })
 
-	// {id} is one path segment: the mux matches the escaped path and
-	// unescapes each segment, so an id holding "/" arrives as %2F and
-	// PathValue returns it with the slash.
-	h.mux.HandleFunc("GET /v1/{c}/{id}", h.get)
-	h.mux.HandleFunc("PUT /v1/{c}/{id}", h.write(opPut))
-	h.mux.HandleFunc("PATCH /v1/{c}/{id}", h.write(opPatch))
-	h.mux.HandleFunc("DELETE /v1/{c}/{id}", h.write(opDelete))
-	h.mux.HandleFunc("/v1/{c}/{id}", methodNotAllowed("GET, HEAD, PUT, PATCH, DELETE"))
+	// The id is taken from the escaped path by entityKey, not from the
+	// pattern: see there.
+	h.mux.HandleFunc("GET "+entityPattern, h.get)
+	h.mux.HandleFunc("PUT "+entityPattern, h.write(opPut))
+	h.mux.HandleFunc("PATCH "+entityPattern, h.write(opPatch))
+	h.mux.HandleFunc("DELETE "+entityPattern, h.write(opDelete))
+	h.mux.HandleFunc("/v1/{c}", notFound) // not redirected to /v1/{c}/
+	h.mux.HandleFunc(entityPattern, methodNotAllowed("GET, HEAD, PUT, PATCH, DELETE"))
 	h.mux.HandleFunc("POST /v1/_batch", h.write(opBatch))
 	h.mux.HandleFunc("/v1/_batch", methodNotAllowed("POST"))
 	h.mux.HandleFunc("GET /healthz", h.healthz)
 	h.mux.HandleFunc("GET /readyz", h.readyz)
-	h.mux.HandleFunc("/", func(rw http.ResponseWriter, r *http.Request) {
-		writeProblem(rw, problem{status: http.StatusNotFound, typ: "not-found", title: "Not Found",
-			detail: "no such resource; entities live at /v1/{collection}/{id}"})
-	})
+	h.mux.HandleFunc("/", notFound)
 	return h, nil
+}
+
+func notFound(rw http.ResponseWriter, _ *http.Request) {
+	writeProblem(rw, problem{status: http.StatusNotFound, typ: "not-found", title: "Not Found",
+		detail: "no such resource; entities live at /v1/{collection}/{id}"})
 }
 
 // ServeHTTP implements http.Handler.
@@ -164,7 +168,11 @@ var (
 // built in a pooled buffer and the shared header values are not copied.
 func (h *Handler) get(rw http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	c, id := r.PathValue("c"), r.PathValue("id")
+	c, id, err := entityKey(r)
+	if err != nil {
+		h.fail(rw, r, routeGet, start, err)
+		return
+	}
 	pre, err := parsePreconditions(r.Header)
 	if err != nil {
 		h.fail(rw, r, routeGet, start, err)
@@ -208,6 +216,32 @@ func (h *Handler) get(rw http.ResponseWriter, r *http.Request) {
 		_, _ = rw.Write(b)
 	}
 	h.metrics.record(r.Context(), routeGet, http.StatusOK, start)
+}
+
+// entityPattern routes every entity request; entityKey reads its key.
+const entityPattern = "/v1/{c}/{id...}"
+
+// entityKey returns the collection and id of /v1/{c}/{id}. The id is one
+// path segment, percent-encoded, and may hold "/" as %2F. It is unescaped
+// from the escaped path here rather than taken from an {id} wildcard: the
+// mux reads a segment that unescapes to exactly "/" as a trailing slash, so
+// the id "/" would not match.
+func entityKey(r *http.Request) (collection, id string, err error) {
+	p := r.URL.EscapedPath()
+	rest, ok := strings.CutPrefix(p, "/v1/")
+	if !ok {
+		return "", "", invalid("path", "must be /v1/{collection}/{id}")
+	}
+	_, escaped, _ := strings.Cut(rest, "/")
+	if strings.IndexByte(escaped, '/') >= 0 {
+		return "", "", invalid("id", `must be one path segment; encode "/" in an id as %%2F`)
+	}
+	if strings.IndexByte(escaped, '%') >= 0 {
+		if escaped, err = url.PathUnescape(escaped); err != nil {
+			return "", "", invalid("id", "is not percent-encoded correctly")
+		}
+	}
+	return r.PathValue("c"), escaped, nil
 }
 
 func (h *Handler) buffer() *[]byte {

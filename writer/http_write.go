@@ -181,7 +181,10 @@ func (h *Handler) write(op string) http.HandlerFunc {
 			h.fail(rw, r, rt, start, err)
 			return
 		}
-		req := writeRequest{op: op, collection: r.PathValue("c"), id: r.PathValue("id"), header: r.Header, body: body}
+		req := writeRequest{op: op, header: r.Header, body: body}
+		if op != opBatch {
+			req.collection, req.id, req.keyErr = entityKey(r)
+		}
 		var cl *claim
 		if hasKey {
 			var stored *answer
@@ -214,6 +217,7 @@ func (h *Handler) write(op string) http.HandlerFunc {
 type writeRequest struct {
 	op             string
 	collection, id string
+	keyErr         error // a path that holds no valid key
 	header         http.Header
 	body           []byte
 }
@@ -262,7 +266,7 @@ func (h *Handler) execute(ctx context.Context, q writeRequest, cl *claim) (a ans
 			return nil
 		}
 		pending := build(CachePending)
-		return cl.storeTx(ctx, tx, &pending)
+		return cl.recordTx(ctx, tx, &pending)
 	})
 	if err != nil {
 		return problemFor(err).answer(), false, err
@@ -272,6 +276,9 @@ func (h *Handler) execute(ctx context.Context, q writeRequest, cl *claim) (a ans
 
 // single prepares a PUT, PATCH or DELETE of one entity.
 func (h *Handler) single(ctx context.Context, q writeRequest) (func(CacheWrite) answer, func(Tx) error, error) {
+	if q.keyErr != nil {
+		return nil, nil, q.keyErr
+	}
 	if err := validateKey(q.collection, q.id); err != nil {
 		return nil, nil, err
 	}

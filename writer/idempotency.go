@@ -3,29 +3,34 @@ package writer
 // Idempotency-Key: a write with a key is answered once; a retry with the same
 // key gets the stored answer, byte for byte, and commits nothing.
 //
-// The life of a key:
+// The life of a key (one row of the idempotency table):
 //
 //  1. claim: one short INSERT ... ON CONFLICT records the key as in flight,
 //     bound to the request's method, target and a hash of its body. A
 //     duplicate that arrives now finds the row: a different request → 422,
 //     in flight → 409, done → the stored answer.
-//  2. The write's own transaction stores the answer (UPDATE of the key's
-//     row, conditioned on still holding the claim), so the write never
-//     commits without its answer and a crash cannot commit it twice. The
-//     stored X-Cache-Write is "pending" at that point: the cache write comes
-//     after the commit.
-//  3. settle: after the cache write, an answer whose X-Cache-Write is "ok"
-//     replaces the stored one. Were that update lost, a replay would say
-//     "pending", which is always true of a committed write (the relay repairs
-//     the key) — so the only cost is a replay differing in that one value. A
-//     4xx, which commits nothing, is stored in one statement. A 5xx is not
-//     stored: the claim is released so the retry runs.
+//  2. The write's own transaction records the answer in the row (an UPDATE
+//     conditioned on still holding the claim), so a write never commits
+//     without its answer, and never twice. The row stays in flight: the
+//     answer's X-Cache-Write is only known after the cache write, so it is
+//     recorded as "pending" here.
+//  3. settle: after the cache write, the final answer replaces the recorded
+//     one and the row is done; duplicates that arrived in between got 409,
+//     so every replay is byte-identical to the first answer. A 4xx commits
+//     nothing and is stored in one statement. A 5xx is not stored: the claim
+//     is released so the retry runs.
+//
+// Were the process to die between commit and settle, the row keeps the
+// answer recorded in step 2; once the lease has passed, retries replay it.
+// It says "pending", which is true of any committed write (the relay
+// repairs the key), so the only cost of the crash is that one header value.
 //
 // The claim token is the row's created_at (clock_timestamp(), microseconds).
-// An in-flight claim older than the lease counts as abandoned and a retry
-// may take it over; the old request then fails to store its answer, so its
-// transaction rolls back and nothing commits twice. Rows past expires_at are
-// treated as absent and pruned in small batches.
+// An in-flight claim with no recorded answer, older than the lease, counts
+// as abandoned and a retry may take it over; should the old request still
+// be running, it then fails to record its answer, so its transaction rolls
+// back and nothing commits twice. Rows past expires_at are treated as
+// absent and pruned in small batches.
 
 import (
 	"bytes"
@@ -50,27 +55,36 @@ SET method = excluded.method, target = excluded.target, body_hash = excluded.bod
     state = 'inflight', status = NULL, headers = NULL, body = NULL,
     created_at = excluded.created_at, expires_at = excluded.expires_at
 WHERE i.expires_at <= clock_timestamp()
-   OR (i.state = 'inflight' AND i.created_at < clock_timestamp() - $6::float8 * interval '1 millisecond')
+   OR (i.state = 'inflight' AND i.status IS NULL
+       AND i.created_at < clock_timestamp() - $6::float8 * interval '1 millisecond')
 RETURNING created_at`
 
 	lookupSQL = `
-SELECT method, target, body_hash, state, status, headers, body
+SELECT method, target, body_hash, state, status, headers, body,
+       created_at < clock_timestamp() - $2::float8 * interval '1 millisecond'
 FROM idempotency
 WHERE key = $1 AND expires_at > clock_timestamp()`
+
+	// recordSQL runs in the write's transaction.
+	recordSQL = `
+UPDATE idempotency
+SET status = $3, headers = $4, body = $5,
+    expires_at = clock_timestamp() + $6::float8 * interval '1 millisecond'
+WHERE key = $1 AND created_at = $2 AND state = 'inflight' AND status IS NULL`
+
+	finishSQL = `
+UPDATE idempotency SET state = 'done', headers = $3, body = $4
+WHERE key = $1 AND created_at = $2 AND state = 'inflight'`
 
 	storeSQL = `
 UPDATE idempotency
 SET state = 'done', status = $3, headers = $4, body = $5,
     expires_at = clock_timestamp() + $6::float8 * interval '1 millisecond'
-WHERE key = $1 AND created_at = $2 AND state = 'inflight'`
-
-	upgradeSQL = `
-UPDATE idempotency SET headers = $3, body = $4
-WHERE key = $1 AND created_at = $2 AND state = 'done'`
+WHERE key = $1 AND created_at = $2 AND state = 'inflight' AND status IS NULL`
 
 	releaseSQL = `
 DELETE FROM idempotency
-WHERE key = $1 AND created_at = $2 AND state = 'inflight'`
+WHERE key = $1 AND created_at = $2 AND state = 'inflight' AND status IS NULL`
 
 	pruneSQL = `
 DELETE FROM idempotency
@@ -166,8 +180,9 @@ func (s *idempotencyStore) claim(ctx context.Context, req idemRequest) (*claim, 
 			hash, body            []byte
 			status                *int32
 			headers               map[string]string
+			stale                 bool
 		)
-		err = s.pool.QueryRow(ctx, lookupSQL, req.key).Scan(&method, &target, &hash, &state, &status, &headers, &body)
+		err = s.pool.QueryRow(ctx, lookupSQL, req.key, ms(s.lease)).Scan(&method, &target, &hash, &state, &status, &headers, &body, &stale)
 		if errors.Is(err, pgx.ErrNoRows) {
 			continue // released or expired since: claim again
 		}
@@ -177,7 +192,7 @@ func (s *idempotencyStore) claim(ctx context.Context, req idemRequest) (*claim, 
 		switch {
 		case method != req.method || target != req.target || !bytes.Equal(hash, req.hash):
 			return nil, nil, errKeyReused
-		case state != "done" || status == nil:
+		case status == nil, state != "done" && !stale:
 			return nil, nil, errKeyInFlight
 		}
 		a := storedAnswer(int(*status), headers, body)
@@ -188,10 +203,10 @@ func (s *idempotencyStore) claim(ctx context.Context, req idemRequest) (*claim, 
 
 func ms(d time.Duration) float64 { return float64(d.Milliseconds()) }
 
-// storeTx stores a in the write's transaction; it fails, rolling the write
-// back, if the claim was taken over meanwhile.
-func (c *claim) storeTx(ctx context.Context, tx Tx, a *answer) error {
-	tag, err := tx.Exec(ctx, storeSQL, c.key, c.token, a.status, a.headers(), a.body, ms(c.store.ttl))
+// recordTx records a in the write's transaction; it fails, rolling the
+// write back, if the claim was taken over meanwhile.
+func (c *claim) recordTx(ctx context.Context, tx Tx, a *answer) error {
+	tag, err := tx.Exec(ctx, recordSQL, c.key, c.token, a.status, a.headers(), a.body, ms(c.store.ttl))
 	if err != nil {
 		return fmt.Errorf("store idempotent answer: %w", err)
 	}
@@ -209,10 +224,8 @@ func (s *idempotencyStore) settle(ctx context.Context, c *claim, a *answer, comm
 	defer cancel()
 	var err error
 	switch {
-	case committed && a.cacheWrite == CachePending:
-		return nil // stored as it is, in the write's transaction
 	case committed:
-		_, err = s.pool.Exec(ctx, upgradeSQL, c.key, c.token, a.headers(), a.body)
+		_, err = s.pool.Exec(ctx, finishSQL, c.key, c.token, a.headers(), a.body)
 	case a.status < 500:
 		_, err = s.pool.Exec(ctx, storeSQL, c.key, c.token, a.status, a.headers(), a.body, ms(s.ttl))
 	default:
