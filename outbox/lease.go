@@ -32,16 +32,19 @@ func NewHeld(owner string, leases []Lease) Held {
 	return h
 }
 
-// heldCTE locks the caller's live lease rows FOR SHARE for the statement, so
-// a takeover (an UPDATE of the row) waits until the mark committed and the
-// new owner's first claim sees it. $1 owner, $2 parts, $3 epochs.
+// heldCTE locks the caller's live lease rows FOR KEY SHARE for the
+// statement. A takeover selects its candidates FOR UPDATE SKIP LOCKED, so it
+// skips a partition while a mark of it is in progress and the new owner's
+// first claim sees the mark; the owner's own renewals (plain UPDATEs) do not
+// conflict with it, so a long mark never delays a renewal. $1 owner, $2
+// parts, $3 epochs.
 const heldCTE = `
 WITH held AS (
     SELECT l.part FROM leases l
     JOIN unnest($2::int[], $3::bigint[]) AS h(part, epoch) ON l.part = h.part AND l.epoch = h.epoch
     WHERE l.owner = $1 AND l.lease_until > now()
     ORDER BY l.part
-    FOR SHARE OF l
+    FOR KEY SHARE OF l
 )`
 
 const heartbeatSQL = `

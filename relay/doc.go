@@ -1,3 +1,83 @@
 // Package relay works the outbox: it repairs cache writes that did not
-// succeed and publishes one CloudEvent per committed change to NATS JetStream.
+// succeed and publishes one CloudEvent per committed change to NATS
+// JetStream (CONTRACT §4 and §5). It does not write entities, serve HTTP or
+// define the event format (internal/cloudevent) or the outbox SQL (outbox).
+//
+// # Ownership: partition leases
+//
+// Keys hash to 64 partitions (outbox.PartitionOf). A relay works only the
+// partitions it leases in the leases table, so each key has one owner at a
+// time and per-key order holds with any number of relays. Every LeaseTTL/5
+// (default 1s) a relay heartbeats in relays, renews its leases, and moves
+// towards its fair share, ceil(64 / live relays): above it, it stops working
+// the surplus partitions, lets the round in progress end, then releases
+// them; below it, it takes free or expired ones. Taking a partition bumps
+// its epoch and writes a lease_log row; the previous owner's row is closed
+// at the moment its lease ran out (or when it released it), so lease_log
+// proves that no two relays owned a partition at once.
+//
+// A relay stops working a partition when less than 2/5 of LeaseTTL is left
+// by its own monotonic clock, measured from before the statement that
+// renewed it, so it is done before the database lets anyone else take over.
+// Every statement that marks entries (published, repaired, failed, dead)
+// names the relay's (partition, epoch) pairs and locks those lease rows FOR
+// SHARE: a relay that lost a lease cannot mark its entries, and a takeover
+// waits for a mark in progress. A dead or hung relay's partitions are taken
+// over after at most LeaseTTL plus one tick (about 6s by default).
+//
+// # Rounds
+//
+// A round claims, with one short statement (no transaction is held across
+// Redis or NATS), up to BatchPerPartition entries per leased partition that
+// need work, selected by state and ordered by seq, never by "last seq
+// seen". Entries are grouped by key in version order. Rounds start on a
+// LISTEN/NOTIFY wake-up (a dedicated connection that listens again after a
+// reconnect), on the PollInterval fallback, or right after a round that
+// made progress.
+//
+// Cache repair: an entry whose synchronous cache write did not succeed
+// (cache_state pending, older than RepairGrace) gets its key rewritten from
+// the entity's current row through the fence, once per key however many
+// entries are pending; then every pending entry of that key up to the
+// repaired version is marked done. The outbox payload is never written to
+// the cache.
+//
+// Publishing: events go out with PublishMsgAsync, up to MaxInFlight
+// unacknowledged, at most one per key: the next version of a key is
+// published only after the previous one was acknowledged. Acknowledged
+// entries are marked in one statement at the end of the round. Nats-Msg-Id
+// is ce-id, so a re-publish after a crash between publish and mark is
+// dropped by JetStream within the stream's DuplicateWindow (default 2m,
+// set on the stream at start); past the window consumers dedupe by ce-id.
+//
+// # Failures
+//
+// A key whose event failed is parked: its later events wait, other keys
+// flow. The failure counts as an attempt and schedules a retry with
+// exponential backoff and jitter (cenkalti/backoff, RetryInitial to
+// RetryMax); after MaxAttempts the entry becomes a dead letter (metric and
+// log line) and the key moves on. An event larger than the server's max
+// payload is a dead letter at once. Outages burn no attempts: when NATS is
+// not connected, reconnected during the round, or failed every publish of
+// the round with timeouts or no responders, the failures are left as they
+// are and the relay waits a poll interval; likewise when Redis or Postgres
+// fail.
+//
+// # Housekeeping and metrics
+//
+// Every HousekeepingInterval the relay refreshes writethrough.outbox.lag
+// (age of the oldest unpublished entry, seconds) and writethrough.outbox.dead;
+// once a minute it prunes finished entries older than Retention (default
+// 72h) in batches of 1000. Counters: writethrough.relay.events.published,
+// writethrough.relay.dead_letters, writethrough.relay.cache.repairs,
+// writethrough.relay.publish.retries.
+//
+// # Lifecycle
+//
+// Start returns once the relay holds its first leases and runs. Stop
+// finishes the round in progress, releases the leases (lease_until = now,
+// lease_log closed) and waits for every goroutine; it is idempotent.
+//
+// Built with the tag chaos, the relay can kill its own process at
+// "relay-after-publish" and "relay-after-repair" (see crashpoint_chaos.go).
 package relay

@@ -218,7 +218,9 @@ func (r *Relay) repair(ctx context.Context, h outbox.Held, qs []*keyQueue) (mark
 		return 0, outage
 	}
 	crashpoint("relay-after-repair")
+	r.markMu.Lock() // marks of one round touch the same rows: never concurrently
 	n, err := outbox.MarkRepaired(ctx, r.pool, h, done)
+	r.markMu.Unlock()
 	if err != nil {
 		if ctx.Err() == nil {
 			r.log.Warn("cache repair: mark failed", slog.String("error", err.Error()))
@@ -320,7 +322,9 @@ func (r *Relay) publish(ctx context.Context, h outbox.Held, round int64, queues 
 
 	if len(acked) > 0 {
 		crashpoint("relay-after-publish")
+		r.markMu.Lock()
 		n, err := outbox.MarkPublished(ctx, r.pool, h, acked)
+		r.markMu.Unlock()
 		if err != nil {
 			if ctx.Err() == nil {
 				r.log.Warn("mark published failed", slog.String("error", err.Error()))
