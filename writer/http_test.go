@@ -393,6 +393,8 @@ func TestHTTPPercentEncodedIDs(t *testing.T) {
 		`q"uote\`:   "q%22uote%5C",
 		"a<b>&c":    "a%3Cb%3E%26c",
 		"trailing/": "trailing%2F",
+		"/":         "%2F",
+		"//":        "%2F%2F",
 	}
 	for id, escaped := range ids {
 		req, err := http.NewRequest("PUT", srv.URL+"/v1/files/"+escaped, strings.NewReader(`{"ok":true}`))
@@ -416,6 +418,11 @@ func TestHTTPPercentEncodedIDs(t *testing.T) {
 		require.Equal(t, "hit", resp.Header.Get("X-Cache"))
 		require.Equal(t, string(body), string(got))
 	}
+	require.Equal(t, len(ids), a.count(t, `SELECT count(*) FROM entities`))
+
+	// A raw slash is not part of an id.
+	requireProblem(t, a.do(t, "PUT", "/v1/files/a/b", `{}`), http.StatusBadRequest, "%2F")
+	requireProblem(t, a.do(t, "GET", "/v1/files/a/b", ``), http.StatusBadRequest, "%2F")
 	require.Equal(t, len(ids), a.count(t, `SELECT count(*) FROM entities`))
 }
 

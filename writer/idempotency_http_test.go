@@ -207,3 +207,39 @@ CREATE TRIGGER fail_boom BEFORE INSERT OR UPDATE ON entities FOR EACH ROW EXECUT
 	require.Empty(t, rec.Header().Get("Idempotent-Replayed"))
 	require.Equal(t, []string{"1:put"}, a.outboxOps(t, "users", "boom"))
 }
+
+// A claim whose request died before recording an answer is taken over once
+// the lease has passed; a committed answer whose settle never ran is
+// replayed once the lease has passed, and blocks duplicates until then.
+func TestHTTPIdempotencyAbandonedClaims(t *testing.T) {
+	t.Parallel()
+	a := setupAPI(t, writer.HandlerConfig{})
+	short := writer.NewHandler(a.w, writer.HandlerConfig{IdempotencyLease: time.Millisecond})
+	ctx := context.Background()
+
+	// Abandoned before commit: nothing recorded.
+	first := a.do(t, "PUT", "/v1/users/ab", `{}`, "Idempotency-Key", "abandoned")
+	require.Equal(t, http.StatusCreated, first.Code)
+	_, err := a.env.Pool.Exec(ctx, `UPDATE idempotency SET state = 'inflight', status = NULL, headers = NULL, body = NULL, created_at = now() - interval '1 second' WHERE key = 'abandoned'`)
+	require.NoError(t, err)
+	requireProblem(t, a.do(t, "PUT", "/v1/users/ab", `{}`, "Idempotency-Key", "abandoned"), http.StatusConflict, "in flight")
+	rec := serve(t, short, "PUT", "/v1/users/ab", `{}`, "Idempotency-Key", "abandoned")
+	require.Equal(t, http.StatusOK, rec.Code, rec.Body.String())
+	require.Empty(t, rec.Header().Get("Idempotent-Replayed"), "the retry ran")
+	require.Equal(t, []string{"1:put", "2:put"}, a.outboxOps(t, "users", "ab"))
+
+	// Committed, settle lost: the answer recorded in the transaction is
+	// replayed, with X-Cache-Write: pending.
+	first = a.do(t, "PUT", "/v1/users/cs", `{}`, "Idempotency-Key", "crashed")
+	require.Equal(t, http.StatusCreated, first.Code)
+	_, err = a.env.Pool.Exec(ctx, `UPDATE idempotency SET state = 'inflight', headers = jsonb_set(headers, '{X-Cache-Write}', '"pending"') WHERE key = 'crashed'`)
+	require.NoError(t, err)
+	requireProblem(t, a.do(t, "PUT", "/v1/users/cs", `{}`, "Idempotency-Key", "crashed"), http.StatusConflict, "in flight")
+	rec = serve(t, short, "PUT", "/v1/users/cs", `{}`, "Idempotency-Key", "crashed")
+	require.Equal(t, http.StatusCreated, rec.Code, rec.Body.String())
+	require.Equal(t, "true", rec.Header().Get("Idempotent-Replayed"))
+	require.Equal(t, "pending", rec.Header().Get("X-Cache-Write"))
+	require.Equal(t, first.Body.String(), rec.Body.String())
+	require.Equal(t, first.Header().Get("ETag"), rec.Header().Get("ETag"))
+	require.Equal(t, []string{"1:put"}, a.outboxOps(t, "users", "cs"), "committed once")
+}
