@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/writethrough/writethrough/internal/cloudevent"
@@ -30,7 +31,13 @@ func TestPublishesEveryChangeInVersionOrder(t *testing.T) {
 	if data != nil {
 		e.Data = []byte(*data)
 	}
-	last := msgs[len(msgs)-1]
+	var last *nats.Msg
+	for _, m := range msgs {
+		if m.Header.Get("ce-id") == e.EventID.String() {
+			last = m
+		}
+	}
+	require.NotNil(t, last, "event of the last change")
 	ev, err := cloudevent.Decode(last)
 	require.NoError(t, err)
 	require.Equal(t, e.EventID.String(), ev.ID)
