@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -250,10 +251,20 @@ func TestHTTPGetMissFillsCache(t *testing.T) {
 	require.Equal(t, "hit", rec.Header().Get("X-Cache"))
 	require.Equal(t, miss, rec.Body.String())
 
+	// The same read through the mux (an escaped path) answers the same.
+	rec = a.do(t, "GET", "/v1/docs/%64%31", "")
+	require.Equal(t, http.StatusOK, rec.Code)
+	require.Equal(t, miss, rec.Body.String())
+	require.Equal(t, `"1"`, rec.Header().Get("ETag"))
+	require.Equal(t, "hit", rec.Header().Get("X-Cache"))
+	rec = a.do(t, "GET", "/v1/docs/./d1", "")
+	require.Equal(t, http.StatusTemporaryRedirect, rec.Code, "unclean paths are the mux's")
+
 	// HEAD answers the headers only.
 	rec = a.do(t, "HEAD", "/v1/docs/d1", "")
 	require.Equal(t, http.StatusOK, rec.Code)
 	require.Equal(t, `"1"`, rec.Header().Get("ETag"))
+	require.Equal(t, strconv.Itoa(len(miss)), rec.Header().Get("Content-Length"))
 	require.Empty(t, rec.Body.String())
 }
 
