@@ -20,6 +20,9 @@ package writer
 //     nothing and is stored in one statement. A 5xx is not stored: the claim
 //     is released so the retry runs.
 //
+// A request whose key is malformed (400) or whose body is too large to read
+// (413) is answered without touching its key.
+//
 // Were the process to die between commit and settle, the row keeps the
 // answer recorded in step 2; once the lease has passed, retries replay it.
 // It says "pending", which is true of any committed write (the relay
