@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -58,6 +59,15 @@ func seeds(def []int64) []int64 {
 		out = append(out, n)
 	}
 	return out
+}
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	code := m.Run()
+	if binaryPath != "" {
+		os.RemoveAll(filepath.Dir(binaryPath))
+	}
+	os.Exit(code)
 }
 
 var (
@@ -172,7 +182,7 @@ func TestBrokenUnfencedIsCaught(t *testing.T) {
 	if testing.Short() {
 		t.Skip("chaos: skipped with -short")
 	}
-	out := runSeed(t, Config{Seed: 7, Duration: 20 * time.Second, NoFaults: true, Broken: "unfenced", Keys: 3, Writers: 8, Readers: 3, RedisReaders: 3})
+	out := runSeed(t, Config{Seed: 7, Duration: 10 * time.Second, NoFaults: true, Broken: "unfenced", Keys: 3, Writers: 8, Readers: 3, RedisReaders: 3})
 	printReport(t, out.Report)
 	r := out.Report.Results
 	caught := len(r[NameRegression].Violations) + len(r[NameRYW].Violations) + len(r[NameLinear].Violations)

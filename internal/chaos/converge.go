@@ -52,6 +52,9 @@ type Convergence struct {
 	Diverged map[string]string
 	// Bound is the promise checked, default RepairWindow.
 	Bound time.Duration
+	// AtStart counts the keys that diverged at the first look: the ones
+	// whose repair the clock actually measured.
+	AtStart int
 }
 
 // Percentile returns the p-th percentile (0 < p ≤ 100) of ds, 0 if empty.

@@ -135,7 +135,14 @@ var registerModel = porcupine.Model{
 
 // registerOps turns the recorded operations into per-key register steps.
 // Redis misses constrain nothing and are left out, as are writes with an
-// unknown outcome and client errors other than 404.
+// unknown outcome and client errors.
+//
+// A PATCH or DELETE answered 404 is left out too: it read Postgres under the
+// row lock, and Postgres runs ahead of the cache between a commit and its
+// cache write. The contract makes a write visible to readers only when it is
+// acknowledged, so a concurrent writer's commit may show in a 404 before a
+// cache reader can see it. (A GET served from Postgres fills the cache
+// through the fence before it answers, so it stays in.)
 func registerOps(ops []*Op) map[string][]porcupine.Operation {
 	out := map[string][]porcupine.Operation{}
 	add := func(key string, op *Op, r regOp) {
@@ -146,7 +153,7 @@ func registerOps(ops []*Op) map[string][]porcupine.Operation {
 	}
 	for _, op := range ops {
 		switch {
-		case op.NotFound() && op.Kind != KindBatch && len(op.Items) == 1:
+		case op.NotFound() && op.Kind == KindGetAPI && len(op.Items) == 1:
 			add(op.Items[0].Key, op, regOp{notFound: true})
 		case !op.OK():
 		case op.Kind.IsWrite():

@@ -48,7 +48,8 @@ type Plan struct {
 }
 
 // NewPlan schedules faults over d from seed: every kind in kinds once, in a
-// random order, then random kinds while time remains. Between faults it
+// random order, then random kinds while time remains, and last a Redis cut
+// whose heal ends the workload. Between faults it
 // leaves gaps, some longer than RepairWindow so that fault-free segments
 // exist for the linearizability checker. The duration grows if every kind
 // does not fit. The same seed gives the same plan.
@@ -81,6 +82,10 @@ func NewPlan(seed int64, d time.Duration, kinds []FaultKind) Plan {
 			f.For = between(50*time.Millisecond, 500*time.Millisecond)
 		case FaultKill:
 			f.For = between(0, time.Second)
+		case FaultCrashRelayAfterRepair:
+			// Redis is cut for a second first, then the relay needs its
+			// repair grace and a round.
+			f.For = 8 * time.Second
 		default: // crash points: how long to wait for the point to fire
 			f.For = 3 * time.Second
 		}
@@ -95,9 +100,16 @@ func NewPlan(seed int64, d time.Duration, kinds []FaultKind) Plan {
 		}
 		t = end + gap
 	}
-	if last := p.Faults[len(p.Faults)-1]; last.At+last.For+3*time.Second > p.Duration {
-		p.Duration = last.At + last.For + 3*time.Second
+	// The closing fault: Redis cut while the writers run, so writes are left
+	// pending; the workload stops when it heals and the convergence clock
+	// measures the relay's repair.
+	last := p.Faults[len(p.Faults)-1]
+	closing := Planned{At: max(t, d-2*time.Second), Kind: FaultRedisCut, For: between(time.Second, 2*time.Second)}
+	if closing.At < last.At+last.For+1500*time.Millisecond {
+		closing.At = last.At + last.For + 1500*time.Millisecond
 	}
+	p.Faults = append(p.Faults, closing)
+	p.Duration = closing.At + closing.For
 	return p
 }
 

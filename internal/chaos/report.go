@@ -22,6 +22,9 @@ type Report struct {
 	Faults       map[FaultKind]int
 	Results      map[string]*Result
 	ConvTimes    []time.Duration
+	// ConvRepaired counts keys that diverged when the workload stopped (so
+	// their convergence time measures a repair).
+	ConvRepaired int
 	// UnexpectedExits counts service exits no fault caused (crashes).
 	UnexpectedExits int
 }
@@ -53,6 +56,7 @@ func NewReport(seed int64, h *History, conv Convergence, events int, results ...
 	for _, t := range conv.Times {
 		r.ConvTimes = append(r.ConvTimes, t)
 	}
+	r.ConvRepaired = conv.AtStart
 	return r
 }
 
@@ -82,6 +86,7 @@ func (r *Report) Merge(o *Report) {
 	}
 	r.ConvTimes = append(r.ConvTimes, o.ConvTimes...)
 	r.UnexpectedExits += o.UnexpectedExits
+	r.ConvRepaired += o.ConvRepaired
 }
 
 // Violations counts every violation.
@@ -148,8 +153,8 @@ func (r *Report) WriteTable(w io.Writer) {
 		}
 		fmt.Fprintln(tw, line+")")
 	}
-	fmt.Fprintf(tw, "convergence p99 / max\t%s / %s\t(%d keys)\n",
-		Percentile(r.ConvTimes, 99).Round(time.Millisecond), Percentile(r.ConvTimes, 100).Round(time.Millisecond), len(r.ConvTimes))
+	fmt.Fprintf(tw, "convergence p99 / max\t%s / %s\t(%d keys, %d of them diverged when the workload stopped)\n",
+		Percentile(r.ConvTimes, 99).Round(time.Millisecond), Percentile(r.ConvTimes, 100).Round(time.Millisecond), len(r.ConvTimes), r.ConvRepaired)
 	tw.Flush()
 	for _, name := range Checkers {
 		if res, ok := r.Results[name]; ok && len(res.Violations) > 0 {

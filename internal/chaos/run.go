@@ -244,8 +244,13 @@ func (r *run) execute(ctx context.Context) (*Outcome, error) {
 	wctx, stopWorkload := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { w.run(wctx, cfg.Writers, cfg.Readers, cfg.RedisReaders) })
-	injectErr := in.run(ctx, r.plan)
-	_ = sleepCtx(ctx, time.Duration(int64(r.plan.Duration)-h.Now()))
+	var injectErr error
+	if cfg.NoFaults {
+		_ = sleepCtx(ctx, r.plan.Duration)
+	} else {
+		// The workload ends when the plan's closing fault heals.
+		injectErr = in.run(ctx, r.plan)
+	}
 	stopWorkload()
 	wg.Wait()
 	h.End = h.Now()
@@ -261,6 +266,7 @@ func (r *run) execute(ctx context.Context) (*Outcome, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg.Logf("convergence: %d keys diverged when the workload stopped; %d matched, %d still diverged", conv.AtStart, len(conv.Times), len(conv.Diverged))
 	pending, err := waitPublished(ctx, r.check, 30*time.Second)
 	if err != nil {
 		return nil, err
@@ -285,6 +291,8 @@ func (r *run) execute(ctx context.Context) (*Outcome, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg.Logf("collected: %d committed changes, %d events, %d still unpublished; checking", len(committed), len(events), pending)
+	started := time.Now()
 	results := []Result{
 		CheckNoRegression(h),
 		CheckReadYourAckedWrite(h),
@@ -293,6 +301,7 @@ func (r *run) execute(ctx context.Context) (*Outcome, error) {
 		CheckEvents(committed, events, r.subj),
 		CheckNothingLost(h, committed, rows),
 	}
+	cfg.Logf("checked in %s", time.Since(started).Round(time.Millisecond))
 	rep := NewReport(cfg.Seed, h, conv, len(events), results...)
 	rep.UnexpectedExits = in.unexpected
 	return &Outcome{Report: rep, History: h, Plan: r.plan, Dir: cfg.Dir}, nil
@@ -318,6 +327,7 @@ func (r *run) converge(ctx context.Context, h *History, keys []string) (Converge
 	}
 	conv := Convergence{From: time.Duration(h.End), Times: map[string]time.Duration{}, Diverged: map[string]string{}}
 	deadline := time.Now().Add(3 * RepairWindow)
+	first := true
 	for {
 		pgRows, err := loadRows(ctx, r.check)
 		if err != nil {
@@ -340,6 +350,9 @@ func (r *run) converge(ctx context.Context, h *History, keys []string) (Converge
 				continue
 			}
 			conv.Times[k] = time.Duration(max(0, now-since[k]))
+		}
+		if first {
+			conv.AtStart, first = len(conv.Diverged), false
 		}
 		if len(conv.Diverged) == 0 || time.Now().After(deadline) {
 			return conv, nil
