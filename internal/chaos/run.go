@@ -52,6 +52,9 @@ type Config struct {
 	// Broken is passed to the service as WT_BROKEN: a deliberately broken
 	// variant compiled in with the chaos tag ("unfenced").
 	Broken string
+	// Closing is the plan's last fault, whose heal ends the workload so that
+	// convergence measures the repair after it; default FaultRedisCut.
+	Closing FaultKind
 	// VisualizeDir receives porcupine visualisations of failing histories.
 	VisualizeDir string
 	// Logf prints progress; default none.
@@ -95,6 +98,13 @@ func Run(ctx context.Context, cfg Config) (*Outcome, error) {
 	plan := Plan{Seed: cfg.Seed, Duration: cfg.Duration}
 	if !cfg.NoFaults {
 		plan = NewPlan(cfg.Seed, cfg.Duration, cfg.Kinds)
+		if cfg.Closing != "" && cfg.Closing != FaultRedisCut {
+			last := &plan.Faults[len(plan.Faults)-1]
+			last.Kind, last.For = cfg.Closing, time.Second
+			if cfg.Closing.crashPoint() != "" {
+				last.For = 8 * time.Second
+			}
+		}
 	}
 	cfg.Logf("chaos seed=%d (replay: WT_CHAOS_SEEDS=%d) dir=%s\n%s", cfg.Seed, cfg.Seed, cfg.Dir, plan)
 
