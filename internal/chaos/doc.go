@@ -19,7 +19,17 @@
 //     superseded.
 //
 // The checkers are pure functions over a History; they are tested with
-// hand-made histories and with deliberately broken variants (see
-// checkers_test.go and broken_test.go). The package owns nothing the service
-// imports.
+// hand-made and mutated histories (checkers_test.go) and against the real
+// service running a deliberately broken variant, an unfenced cache write
+// compiled in only with the chaos build tag (TestBrokenUnfencedIsCaught).
+//
+// Entry points: TestChaosShort (fixed seed, every fault kind, inside `make
+// test`) and TestChaosFull (`make chaos`: 20 seeds of 60 s by default). The
+// seed is printed; WT_CHAOS_SEEDS replays one. See chaos_test.go for every
+// knob. The crash points (writer-after-commit, writer-after-cache,
+// relay-after-publish, relay-after-repair) exist only in a binary built with
+// -tags chaos, which the suite builds itself; they are armed by
+// WT_CRASHPOINT, WT_CRASHPOINT_PROB and WT_CRASHPOINT_SEED.
+//
+// The package owns nothing the service imports.
 package chaos
