@@ -2,6 +2,7 @@ package writer
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -288,6 +289,14 @@ func (h *Handler) single(ctx context.Context, q writeRequest) (func(CacheWrite) 
 	pre, err := parsePreconditions(q.header)
 	if err != nil {
 		return nil, nil, err
+	}
+	// Checked before the transaction too, so bad input is a 400 even while
+	// Postgres is down.
+	switch {
+	case q.op == opPut && !json.Valid(q.body):
+		return nil, nil, invalid("data", "not a JSON value")
+	case q.op == opPatch && !json.Valid(q.body):
+		return nil, nil, invalid("merge patch", "not a JSON value")
 	}
 	var ch Change
 	work := func(tx Tx) error {

@@ -44,6 +44,13 @@ func TestHTTPPostgresUnreachable(t *testing.T) {
 			require.NotContains(t, rec.Body.String(), leak, "%s %s: %s", r.method, r.target, p.Detail)
 		}
 	}
+	// Client errors stay 4xx while Postgres is down.
+	requireProblem(t, serve(t, h, "PUT", "/v1/users/1", `{"a":`), http.StatusBadRequest, "JSON")
+	requireProblem(t, serve(t, h, "PATCH", "/v1/users/1", `{"a":`, "Content-Type", "application/merge-patch+json"), http.StatusBadRequest, "merge patch")
+	requireProblem(t, serve(t, h, "POST", "/v1/_batch", `{"ops":[]}`), http.StatusBadRequest, "ops")
+	requireProblem(t, serve(t, h, "PUT", "/v1/Users/1", `{}`), http.StatusBadRequest, "collection")
+	requireProblem(t, serve(t, h, "GET", "/v1/users/a%01", ``), http.StatusBadRequest, "id")
+
 	keys, err := env.Redis.Keys(context.Background(), env.Prefix+"*").Result()
 	require.NoError(t, err)
 	require.Empty(t, keys, "nothing reached Redis")
