@@ -9,7 +9,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Partitions is the number of partitions keys hash to. Per-key order needs one
@@ -172,15 +172,36 @@ UPDATE outbox SET cache_state = 'done'
 WHERE seq = ANY($1::bigint[]) AND cache_state = 'pending'`
 
 // MarkCacheDone records that the cache holds the versions of these entries
-// (or newer ones), so the relay need not repair them.
-func MarkCacheDone(ctx context.Context, db interface {
-	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
-}, seqs []int64) error {
+// (or newer ones), so the relay need not repair them. The record is only an
+// optimisation (a lost one costs a redundant repair from the current row), so
+// its commit does not wait for the WAL flush.
+func MarkCacheDone(ctx context.Context, pool *pgxpool.Pool, seqs []int64) error {
 	if len(seqs) == 0 {
 		return nil
 	}
-	if _, err := db.Exec(ctx, markCacheDoneSQL, seqs); err != nil {
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit TO off"); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, markCacheDoneSQL, seqs)
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("mark cache done: %w", err)
+	}
+	return nil
+}
+
+// notifySQL wakes the relays LISTENing on "<schema>_outbox". It runs after
+// the commit, in its own statement: a NOTIFY inside the writing transaction
+// would take Postgres's global notify lock through the commit and serialize
+// every writer's WAL flush.
+const notifySQL = `SELECT pg_notify(current_schema() || '_outbox', '')`
+
+// Notify wakes the relays of the schema in the connection's search_path.
+func Notify(ctx context.Context, pool *pgxpool.Pool) error {
+	if _, err := pool.Exec(ctx, notifySQL); err != nil {
+		return fmt.Errorf("notify relays: %w", err)
 	}
 	return nil
 }

@@ -93,6 +93,7 @@ type Writer struct {
 	log          *slog.Logger
 	metrics      *metrics
 	marker       *marker
+	waker        *waker
 	closeOnce    sync.Once
 }
 
@@ -121,13 +122,17 @@ func New(cfg Config) (*Writer, error) {
 		metrics:      m,
 	}
 	w.marker = newMarker(cfg.Pool, w.log)
+	w.waker = newWaker(cfg.Pool, w.log)
 	return w, nil
 }
 
 // Close flushes pending bookkeeping and stops the Writer's goroutine. It
 // does not close the pool or the Redis client.
 func (w *Writer) Close() {
-	w.closeOnce.Do(w.marker.stop)
+	w.closeOnce.Do(func() {
+		w.waker.stop()
+		w.marker.stop()
+	})
 }
 
 // Pool returns the Postgres pool.
@@ -206,6 +211,9 @@ func (w *Writer) do(ctx context.Context, fn func(Tx) error) (Result, error) {
 	}, bo)
 	if err != nil {
 		return Result{}, classify(err)
+	}
+	if len(t.entries) > 0 {
+		w.waker.poke()
 	}
 	crashpoint("writer-after-commit")
 	res := Result{Changes: t.changes, CacheWrite: w.writeCache(ctx, t)}

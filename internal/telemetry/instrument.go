@@ -55,6 +55,11 @@ func (t *Telemetry) InstrumentRedis(rdb redis.UniversalClient) error {
 // so otelhttp records none, to avoid a second series of the same name.
 // /metrics and /healthz are not traced.
 func (t *Telemetry) WrapHandler(h http.Handler) http.Handler {
+	if !t.Tracing {
+		// Spans that go nowhere are not worth their cost on every request;
+		// request durations are recorded by the API handler itself.
+		return h
+	}
 	return otelhttp.NewHandler(h, "http.server",
 		otelhttp.WithTracerProvider(t.TracerProvider),
 		otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()),

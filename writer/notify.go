@@ -1,0 +1,57 @@
+package writer
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/writethrough/writethrough/outbox"
+)
+
+// waker wakes the relays after commits, off the request path. Commits that
+// arrive while a NOTIFY is being sent fold into the next one. A wake-up lost
+// to a crash only delays the relay until its next poll.
+type waker struct {
+	pool    *pgxpool.Pool
+	log     *slog.Logger
+	wake    chan struct{}
+	done    chan struct{}
+	stopped chan struct{}
+}
+
+func newWaker(pool *pgxpool.Pool, log *slog.Logger) *waker {
+	k := &waker{pool: pool, log: log, wake: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{})}
+	go k.loop()
+	return k
+}
+
+// poke asks for a NOTIFY; it never blocks.
+func (k *waker) poke() {
+	select {
+	case k.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (k *waker) loop() {
+	defer close(k.stopped)
+	for {
+		select {
+		case <-k.wake:
+		case <-k.done:
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := outbox.Notify(ctx, k.pool); err != nil {
+			k.log.Debug("wake relays", slog.String("error", err.Error()))
+		}
+		cancel()
+	}
+}
+
+func (k *waker) stop() {
+	close(k.done)
+	<-k.stopped
+}
