@@ -107,9 +107,20 @@ INSERT INTO outbox (event_id, part, collection, entity_id, version, op, data, co
 SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::jsonb[], $8::timestamptz[], $9::text[], $10::text[])
 RETURNING seq, event_id`
 
-// Insert writes entries inside tx (the writer's transaction) and sets their
-// Seq. It fills in a missing EventID (UUIDv7) and Partition.
+// Insert writes entries inside tx and sets their Seq. It fills in a missing
+// EventID (UUIDv7) and Partition.
 func Insert(ctx context.Context, tx pgx.Tx, entries []*Entry) error {
+	b := &pgx.Batch{}
+	if err := QueueInsert(b, entries); err != nil {
+		return err
+	}
+	return tx.SendBatch(ctx, b).Close()
+}
+
+// QueueInsert queues the insert of entries on b, so the writer can send it in
+// one round trip with its COMMIT; Seq is set when the batch's results are
+// read. It fills in a missing EventID (UUIDv7) and Partition.
+func QueueInsert(b *pgx.Batch, entries []*Entry) error {
 	n := len(entries)
 	if n == 0 {
 		return nil
@@ -145,25 +156,24 @@ func Insert(ctx context.Context, tx pgx.Tx, entries []*Entry) error {
 			tss[i] = &e.Tracestate
 		}
 	}
-	rows, err := tx.Query(ctx, insertSQL, ids, parts, cols, eids, vers, ops, datas, times, tps, tss)
-	if err != nil {
-		return fmt.Errorf("insert outbox entries: %w", err)
-	}
-	byID := make(map[uuid.UUID]*Entry, n)
-	for _, e := range entries {
-		byID[e.EventID] = e
-	}
-	var seq int64
-	var id uuid.UUID
-	_, err = pgx.ForEachRow(rows, []any{&seq, &id}, func() error {
-		if e := byID[id]; e != nil {
-			e.Seq = seq
+	b.Queue(insertSQL, ids, parts, cols, eids, vers, ops, datas, times, tps, tss).Query(func(rows pgx.Rows) error {
+		byID := make(map[uuid.UUID]*Entry, n)
+		for _, e := range entries {
+			byID[e.EventID] = e
+		}
+		var seq int64
+		var id uuid.UUID
+		_, err := pgx.ForEachRow(rows, []any{&seq, &id}, func() error {
+			if e := byID[id]; e != nil {
+				e.Seq = seq
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("insert outbox entries: %w", err)
 		}
 		return nil
 	})
-	if err != nil {
-		return fmt.Errorf("insert outbox entries: %w", err)
-	}
 	return nil
 }
 
