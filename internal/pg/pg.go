@@ -6,6 +6,7 @@ package pg
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -16,12 +17,15 @@ type Config struct {
 	URL string
 	// Schema holds writethrough's tables. Required.
 	Schema string
-	// MaxConns overrides the pool size when positive.
+	// MaxConns overrides the pool size when positive; else the URL's
+	// pool_max_conns, else defaultMaxConns.
 	MaxConns int32
 	// Tweak, when set, may change the parsed pool configuration (for example
 	// to add a tracer) before the pool is created.
 	Tweak func(*pgxpool.Config)
 }
+
+const defaultMaxConns = 32
 
 // Open creates the pool. It does not wait for the server to answer.
 func Open(ctx context.Context, cfg Config) (*pgxpool.Pool, error) {
@@ -31,8 +35,14 @@ func Open(ctx context.Context, cfg Config) (*pgxpool.Pool, error) {
 		return nil, fmt.Errorf("DATABASE_URL is not a valid Postgres URL")
 	}
 	pc.ConnConfig.RuntimeParams["search_path"] = cfg.Schema
-	if cfg.MaxConns > 0 {
+	switch {
+	case cfg.MaxConns > 0:
 		pc.MaxConns = cfg.MaxConns
+	case !strings.Contains(cfg.URL, "pool_max_conns"):
+		// pgxpool's default (max(4, cores)) queues writers behind each other
+		// on small machines: a write holds its connection for two round
+		// trips and the fsync of its commit, so allow many more.
+		pc.MaxConns = defaultMaxConns
 	}
 	if cfg.Tweak != nil {
 		cfg.Tweak(pc)
