@@ -28,8 +28,6 @@ func TestMain(m *testing.M) {
 		slog.SetLogLoggerLevel(slog.LevelDebug)
 	}
 	goleak.VerifyTestMain(m,
-		// go-redis waits out a failed dial in the background after Close.
-		goleak.IgnoreTopFunction("github.com/redis/go-redis/v9/internal/pool.(*ConnPool).tryDial"),
 		// pgxpool's background health check ends shortly after Close.
 		goleak.IgnoreTopFunction("github.com/jackc/pgx/v5/pgxpool.(*Pool).backgroundHealthCheck"),
 		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),

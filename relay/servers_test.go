@@ -1,16 +1,19 @@
 package relay
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 )
 
@@ -91,4 +94,31 @@ func startRedis(t testing.TB) *server {
 	s.start()
 	t.Cleanup(s.stop)
 	return s
+}
+
+// closeRedis closes a client of a private redis-server and waits until its
+// pool's background dialer has ended. go-redis starts that dialer after
+// failed dials (the server was down) and it sleeps a second between probes,
+// so it can outlive Close by up to a second; goleak would report it.
+func closeRedis(t testing.TB, rdb *redis.Client) {
+	t.Helper()
+	require.NoError(t, rdb.Close())
+	const dialer = "go-redis/v9/internal/pool.(*ConnPool).tryDial"
+	buf := make([]byte, 1<<20)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n := runtime.Stack(buf, true)
+		if n == len(buf) {
+			buf = make([]byte, 2*len(buf))
+			continue
+		}
+		if !bytes.Contains(buf[:n], []byte(dialer)) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("the closed Redis client's background dialer did not end")
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
