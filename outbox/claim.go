@@ -27,7 +27,10 @@ type Claimed struct {
 	RepairDue bool
 	// Due: next_attempt_at has come; false for an entry that waits for a
 	// retry (its key is parked until then).
-	Due      bool
+	Due bool
+	// DueIn is how long until next_attempt_at, by the database's clock
+	// (zero or negative when Due).
+	DueIn    time.Duration
 	Attempts int
 }
 
@@ -35,27 +38,34 @@ type Claimed struct {
 // state and in seq order (never by "last seq seen": seqs are not in commit
 // order across keys). Each partition is an index scan of outbox_due with its
 // own limit. An entry whose cache write is still within the grace period and
-// whose event is published needs nothing yet and is left out.
+// whose event is published needs nothing yet and is left out, and so are the
+// entries the caller is already working ($4, a hashed set): the limit counts
+// only new work, and late commits below them are still found.
 const claimSQL = `
 SELECT o.seq, o.event_id, o.part, o.collection, o.entity_id, o.version, o.op, o.data::text,
        o.committed_at, coalesce(o.traceparent, ''), coalesce(o.tracestate, ''),
        o.publish_state = 'pending', o.cache_state = 'pending' AND o.committed_at < now() - $3 * interval '1 microsecond',
-       o.next_attempt_at <= now(), o.attempts
+       o.next_attempt_at <= now(), (extract(epoch FROM o.next_attempt_at - now()) * 1000000)::bigint, o.attempts
 FROM unnest($1::int[]) AS p(part)
 CROSS JOIN LATERAL (
     SELECT * FROM outbox
     WHERE part = p.part
       AND (publish_state = 'pending' OR (cache_state = 'pending' AND committed_at < now() - $3 * interval '1 microsecond'))
+      AND seq NOT IN (SELECT unnest($4::bigint[]))
     ORDER BY seq
     LIMIT $2
 ) o`
 
 // Claim reads up to perPart entries needing work from each partition in
-// parts, ordered by partition then seq. It is one statement: no transaction
-// stays open while the caller works the entries. Ownership of the
-// partitions (the leases) is what keeps other relays off them.
-func Claim(ctx context.Context, db DB, parts []int32, perPart int, repairGrace time.Duration) ([]*Claimed, error) {
-	rows, err := db.Query(ctx, claimSQL, parts, perPart, repairGrace.Microseconds())
+// parts, ordered by partition then seq, leaving out the entries of exclude
+// (those the caller is working already). It is one statement: no
+// transaction stays open while the caller works the entries. Ownership of
+// the partitions (the leases) is what keeps other relays off them.
+func Claim(ctx context.Context, db DB, parts []int32, perPart int, repairGrace time.Duration, exclude []int64) ([]*Claimed, error) {
+	if exclude == nil {
+		exclude = []int64{}
+	}
+	rows, err := db.Query(ctx, claimSQL, parts, perPart, repairGrace.Microseconds(), exclude)
 	if err != nil {
 		return nil, fmt.Errorf("claim outbox entries: %w", err)
 	}
@@ -66,11 +76,13 @@ func Claim(ctx context.Context, db DB, parts []int32, perPart int, repairGrace t
 		var op string
 		var data *string
 		var part int32
+		var dueInUS int64
 		if err := rows.Scan(&c.Seq, &c.EventID, &part, &c.Collection, &c.EntityID, &c.Version, &op, &data,
-			&c.CommittedAt, &c.Traceparent, &c.Tracestate, &c.PublishPending, &c.RepairDue, &c.Due, &c.Attempts); err != nil {
+			&c.CommittedAt, &c.Traceparent, &c.Tracestate, &c.PublishPending, &c.RepairDue, &c.Due, &dueInUS, &c.Attempts); err != nil {
 			return nil, fmt.Errorf("claim outbox entries: %w", err)
 		}
 		c.Partition, c.Op = int(part), Op(op)
+		c.DueIn = time.Duration(dueInUS) * time.Microsecond
 		if data != nil {
 			c.Data = []byte(*data)
 		}

@@ -1,55 +1,56 @@
 package outbox
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"time"
 )
 
-const markPublishedSQL = heldCTE + `
-UPDATE outbox SET publish_state = 'done', published_at = now(), last_error = NULL
-WHERE seq = ANY($4::bigint[]) AND publish_state = 'pending' AND part IN (SELECT part FROM held)`
+// heldParts is the condition of every mark: the entry's partition is one
+// the caller still holds (heldCTE). The lease rows are read and locked once
+// per statement, not joined per entry.
+const heldParts = `part = ANY(ARRAY(SELECT part FROM held))`
 
-// MarkPublished records that JetStream acknowledged the events of seqs, in
-// one statement, for entries of partitions h still holds. It returns how
-// many entries it marked.
-func MarkPublished(ctx context.Context, db DB, h Held, seqs []int64) (int64, error) {
-	if len(seqs) == 0 {
-		return 0, nil
-	}
-	tag, err := db.Exec(ctx, markPublishedSQL, h.Owner, h.Parts, h.Epochs, seqs)
-	if err != nil {
-		return 0, fmt.Errorf("mark published: %w", err)
-	}
-	return tag.RowsAffected(), nil
+// markDoneSQL records, in one statement, the acknowledged events and the
+// repaired cache writes of a batch. The entries are visited in the order of
+// $4 (ascending seq), the order every other marking statement locks rows in.
+const markDoneSQL = heldCTE + `
+UPDATE outbox o SET
+    publish_state = CASE WHEN m.pub AND o.publish_state = 'pending' THEN 'done' ELSE o.publish_state END,
+    published_at  = CASE WHEN m.pub AND o.publish_state = 'pending' THEN now() ELSE o.published_at END,
+    last_error    = CASE WHEN m.pub AND o.publish_state = 'pending' THEN NULL ELSE o.last_error END,
+    cache_state   = CASE WHEN m.cache THEN 'done' ELSE o.cache_state END
+FROM unnest($4::bigint[], $5::bool[], $6::bool[]) AS m(seq, pub, cache)
+WHERE o.seq = m.seq AND o.` + heldParts + `
+  AND ((m.pub AND o.publish_state = 'pending') OR (m.cache AND o.cache_state = 'pending'))`
+
+// Done is what a relay finished for one entry: its event was acknowledged
+// (Published), its cache write was repaired (Cached), or both.
+type Done struct {
+	Seq       int64
+	Published bool
+	Cached    bool
 }
 
-const markRepairedSQL = heldCTE + `
-UPDATE outbox o SET cache_state = 'done'
-FROM unnest($4::text[], $5::text[], $6::bigint[]) AS r(collection, entity_id, version)
-WHERE o.collection = r.collection AND o.entity_id = r.entity_id AND o.version <= r.version
-  AND o.cache_state = 'pending' AND o.part IN (SELECT part FROM held)`
-
-// Repaired is a key whose cache now holds Version or newer.
-type Repaired struct {
-	Collection string
-	ID         string
-	Version    int64
-}
-
-// MarkRepaired records that the cache holds at least the given version of
-// each key: every pending cache write of the key up to that version is done.
-func MarkRepaired(ctx context.Context, db DB, h Held, keys []Repaired) (int64, error) {
-	if len(keys) == 0 {
+// MarkDone records a batch of finished work in one statement, for entries
+// of partitions h still holds. A repaired entry is one whose key's cache
+// now holds its version or a newer one. It returns how many entries it
+// changed.
+func MarkDone(ctx context.Context, db DB, h Held, done []Done) (int64, error) {
+	if len(done) == 0 {
 		return 0, nil
 	}
-	cols, ids, vers := make([]string, len(keys)), make([]string, len(keys)), make([]int64, len(keys))
-	for i, k := range keys {
-		cols[i], ids[i], vers[i] = k.Collection, k.ID, k.Version
+	done = slices.Clone(done)
+	slices.SortFunc(done, func(a, b Done) int { return cmp.Compare(a.Seq, b.Seq) })
+	seqs, pub, cache := make([]int64, len(done)), make([]bool, len(done)), make([]bool, len(done))
+	for i, d := range done {
+		seqs[i], pub[i], cache[i] = d.Seq, d.Published, d.Cached
 	}
-	tag, err := db.Exec(ctx, markRepairedSQL, h.Owner, h.Parts, h.Epochs, cols, ids, vers)
+	tag, err := db.Exec(ctx, markDoneSQL, h.Owner, h.Parts, h.Epochs, seqs, pub, cache)
 	if err != nil {
-		return 0, fmt.Errorf("mark cache repaired: %w", err)
+		return 0, fmt.Errorf("mark outbox entries done: %w", err)
 	}
 	return tag.RowsAffected(), nil
 }
@@ -70,7 +71,7 @@ UPDATE outbox o SET attempts = o.attempts + 1, last_error = f.err,
     publish_state = CASE WHEN f.dead THEN 'dead' ELSE o.publish_state END,
     dead_at = CASE WHEN f.dead THEN now() ELSE o.dead_at END
 FROM unnest($4::bigint[], $5::text[], $6::bigint[], $7::bool[]) AS f(seq, err, retry_us, dead)
-WHERE o.seq = f.seq AND o.publish_state = 'pending' AND o.part IN (SELECT part FROM held)`
+WHERE o.seq = f.seq AND o.publish_state = 'pending' AND o.` + heldParts
 
 // MarkFailed counts one failed attempt for each entry and schedules its
 // retry, or makes it a dead letter.
@@ -78,6 +79,8 @@ func MarkFailed(ctx context.Context, db DB, h Held, fs []Failure) (int64, error)
 	if len(fs) == 0 {
 		return 0, nil
 	}
+	fs = slices.Clone(fs)
+	slices.SortFunc(fs, func(a, b Failure) int { return cmp.Compare(a.Seq, b.Seq) })
 	seqs, errs, retries, dead := make([]int64, len(fs)), make([]string, len(fs)), make([]int64, len(fs)), make([]bool, len(fs))
 	for i, f := range fs {
 		seqs[i], errs[i], retries[i], dead[i] = f.Seq, f.Err, f.Retry.Microseconds(), f.Dead

@@ -16,10 +16,10 @@ import (
 type lease struct {
 	epoch    int64
 	deadline time.Time
-	// drainAfter > 0: the partition is being given up; it is released once
-	// the round numbered drainAfter (the one running when the drain began)
-	// has ended, so no publish of it is still in flight.
-	drainAfter int64
+	// draining: the partition is being given up; it is released once none
+	// of its entries is being worked (busy), so no publish of it is still
+	// in flight and no mark of it is pending.
+	draining bool
 }
 
 // leaseTable is the relay's view of its leases.
@@ -29,10 +29,24 @@ type leaseTable struct {
 
 	mu   sync.Mutex
 	held map[int32]*lease
+	// busy counts, per partition, the entries the worker has claimed and
+	// not finished: queued, in flight, being repaired or awaiting a mark.
+	busy map[int32]int
 }
 
 func newLeaseTable(owner string, ttl time.Duration) *leaseTable {
-	return &leaseTable{owner: owner, margin: ttl * 2 / 5, held: map[int32]*lease{}}
+	return &leaseTable{owner: owner, margin: ttl * 2 / 5, held: map[int32]*lease{}, busy: map[int32]int{}}
+}
+
+// addBusy changes the count of entries of part being worked.
+func (t *leaseTable) addBusy(part int32, n int) {
+	t.mu.Lock()
+	if v := t.busy[part] + n; v > 0 {
+		t.busy[part] = v
+	} else {
+		delete(t.busy, part)
+	}
+	t.mu.Unlock()
 }
 
 // workable returns the leases the worker may work now: not draining, with
@@ -43,7 +57,7 @@ func (t *leaseTable) workable() []outbox.Lease {
 	defer t.mu.Unlock()
 	out := make([]outbox.Lease, 0, len(t.held))
 	for p, l := range t.held {
-		if l.drainAfter == 0 && now.Add(t.margin).Before(l.deadline) {
+		if !l.draining && now.Add(t.margin).Before(l.deadline) {
 			out = append(out, outbox.Lease{Part: p, Epoch: l.epoch})
 		}
 	}
@@ -57,7 +71,7 @@ func (t *leaseTable) valid(part int32, epoch int64) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	l := t.held[part]
-	return l != nil && l.epoch == epoch && l.drainAfter == 0 && now.Add(t.margin).Before(l.deadline)
+	return l != nil && l.epoch == epoch && !l.draining && now.Add(t.margin).Before(l.deadline)
 }
 
 // all returns every lease still held, draining ones included.
@@ -114,25 +128,27 @@ func (r *Relay) tickLeases(ctx context.Context) {
 	}
 
 	// Give up partitions above the fair share: stop working them now,
-	// release them once the round in progress ended.
-	started, done := r.roundsStarted.Load(), r.roundsDone.Load()
+	// release them once none of their entries is being worked. The worker
+	// checks valid (under the same lock) before every publish and counts an
+	// entry busy before that, so nothing of a released partition is in
+	// flight.
 	var release []outbox.Lease
 	t.mu.Lock()
 	active := 0
 	var parts []int32
 	for p, l := range t.held {
-		if l.drainAfter == 0 {
+		if !l.draining {
 			active++
 			parts = append(parts, p)
-		} else if done >= l.drainAfter {
+		} else if t.busy[p] == 0 {
 			release = append(release, outbox.Lease{Part: p, Epoch: l.epoch})
 		}
 	}
 	if excess := active - share; excess > 0 {
 		slices.Sort(parts)
 		for _, p := range parts[len(parts)-excess:] {
-			t.held[p].drainAfter = max(started, 1)
-			if started == done {
+			t.held[p].draining = true
+			if t.busy[p] == 0 {
 				release = append(release, outbox.Lease{Part: p, Epoch: t.held[p].epoch})
 			}
 		}

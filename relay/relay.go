@@ -40,13 +40,7 @@ type Relay struct {
 	flights  map[*nats.Msg]*flight
 	results  chan result
 
-	// markMu serializes the repair and publish marks of a round: run at
-	// once, their UPDATEs lock shared rows in different orders and deadlock.
-	markMu sync.Mutex
-
-	streamReady   atomic.Bool
-	roundsStarted atomic.Int64
-	roundsDone    atomic.Int64
+	streamReady atomic.Bool
 
 	startOnce sync.Once
 	stopOnce  sync.Once

@@ -6,14 +6,15 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/writethrough/writethrough/internal/cloudevent"
@@ -21,62 +22,50 @@ import (
 	"github.com/writethrough/writethrough/outbox"
 )
 
-// work runs rounds until Stop: right away after a round that made progress,
-// otherwise on a notification or the poll interval; after an outage it
-// waits a poll interval whatever wakes it.
-func (r *Relay) work() {
-	poll := time.NewTicker(r.cfg.PollInterval)
-	defer poll.Stop()
-	for {
-		select {
-		case <-r.stopping:
-			return
-		case <-r.hardCtx.Done():
-			return
-		default:
-		}
-		progress, outage := r.round(r.hardCtx)
-		if progress && !outage {
-			continue
-		}
-		if outage {
-			select {
-			case <-r.stopping:
-				return
-			case <-r.hardCtx.Done():
-				return
-			case <-time.After(r.cfg.PollInterval):
-			}
-			continue
-		}
-		select {
-		case <-r.stopping:
-			return
-		case <-r.hardCtx.Done():
-			return
-		case <-r.wake:
-		case <-poll.C:
-		}
-	}
+// keyID names an entity.
+type keyID struct{ c, id string }
+
+// keyQueue is the publish work of one key: its claimed events in version
+// order, at most one of them in flight. The next event of a key is
+// published only after the previous one was acknowledged.
+type keyQueue struct {
+	k        keyID
+	part     int32
+	epoch    int64
+	pending  []*outbox.Claimed
+	inflight bool
+	// closed: the queue was given up (the key is parked, or its partition
+	// is no longer workable); nothing more is added to it or published.
+	closed bool
 }
 
-// keyQueue is the work of one entity key in a round: its events to publish
-// in version order (one in flight at a time) and whether its cache needs a
-// repair.
-type keyQueue struct {
-	col, id string
-	part    int32
-	epoch   int64
-	entries []*outbox.Claimed
-	next    int
-	repair  bool
-	maxSeen int64 // highest claimed version, for a key without a row
+// parkedKey is a key whose events wait: for the retry of a failed attempt,
+// or for the broker after an outage. Its claimed entries stay excluded from
+// claims until then, so they neither overtake the failed one nor use up the
+// claim's batch.
+type parkedKey struct {
+	until time.Time
+	// marking: the failed attempt is still being recorded; the key waits
+	// for that whatever until says.
+	marking bool
+	refs    []ref
+}
+
+// ref is one reason the worker keeps an entry out of claims. A busy ref
+// (publish or repair work in progress) also keeps its partition's lease
+// from being released.
+type ref struct {
+	seq  int64
+	part int32
+	busy bool
 }
 
 type flight struct {
-	q     *keyQueue
-	e     *outbox.Claimed
-	round int64
+	q          *keyQueue
+	e          *outbox.Claimed
+	sent       time.Time
+	reconnects uint64
+	span       trace.Span
 }
 
 type result struct {
@@ -84,22 +73,224 @@ type result struct {
 	err error
 }
 
-type failed struct {
-	e      *outbox.Claimed
-	err    error
-	poison bool
+// markItem is finished work of one entry waiting to be marked.
+type markItem struct {
+	seq        int64
+	part       int32
+	epoch      int64
+	pub, cache bool
 }
 
-// round claims the due work of the workable partitions, repairs the cache
-// and publishes events concurrently, and marks what succeeded. progress
-// reports that something was marked; outage that Postgres, Redis or NATS
-// was unavailable.
-func (r *Relay) round(ctx context.Context) (progress, outage bool) {
-	n := r.roundsStarted.Add(1)
-	defer r.roundsDone.Add(1)
+// failItem is a failed attempt waiting to be recorded.
+type failItem struct {
+	e     *outbox.Claimed
+	part  int32
+	epoch int64
+	f     outbox.Failure
+}
+
+type claimResult struct {
+	rows   []*outbox.Claimed
+	epochs map[int32]int64
+	full   bool // some partition had more work than the batch
+	err    error
+	took   time.Duration
+}
+
+type repairItem struct {
+	c     *outbox.Claimed
+	epoch int64
+}
+
+type repairResult struct {
+	done, retry []repairItem
+	outage      bool
+}
+
+type markResult struct {
+	items            []*markItem
+	fails            []failItem
+	markErr, failErr error
+}
+
+// hold keeps refs out of claims until a time (after an outage), then lets
+// the entries be claimed again.
+type hold struct {
+	until time.Time
+	refs  []ref
+}
+
+// worker is the relay's pipeline. One goroutine owns all of its state; the
+// claim, the repair and the mark each run in a goroutine of their own, at
+// most one of each at a time, and hand their results back over channels. So
+// a claim never waits for a mark, publishing never waits for either, and the
+// publish window stays full across batches.
+type worker struct {
+	r *Relay
+
+	tracked map[int64]trackCount // entries out of claims, with their refs
+	busyN   int                  // busy refs, bounds what a claim adds
+
+	keys     map[keyID]*keyQueue
+	parked   map[keyID]*parkedKey
+	ready    []*keyQueue // queues whose next event can go out now
+	queued   int         // claimed events not yet published
+	inflight int
+
+	claiming, wantClaim, more bool
+	claimPause                time.Time
+
+	repairQ     []repairItem
+	repairing   bool
+	repairPause time.Time
+
+	marking bool
+	markBuf map[int64]*markItem
+	fails   []failItem
+	holds   []hold
+
+	pubPause time.Time
+	lastAck  time.Time
+	stopping bool
+
+	claimCh  chan claimResult
+	repairCh chan repairResult
+	markCh   chan markResult
+}
+
+type trackCount struct {
+	n    int32
+	part int32
+}
+
+// markBatch bounds the entries of one marking statement.
+const markBatch = 8192
+
+var traceContext propagation.TraceContext
+
+// work runs the pipeline until Stop (finishing the work in flight: every
+// publish acknowledged or failed, and marked) or until the hard stop.
+func (r *Relay) work() {
+	w := &worker{
+		r:        r,
+		tracked:  map[int64]trackCount{},
+		keys:     map[keyID]*keyQueue{},
+		parked:   map[keyID]*parkedKey{},
+		markBuf:  map[int64]*markItem{},
+		claimCh:  make(chan claimResult, 1),
+		repairCh: make(chan repairResult, 1),
+		markCh:   make(chan markResult, 1),
+	}
+	w.wantClaim = true
+	poll := time.NewTicker(r.cfg.PollInterval)
+	defer poll.Stop()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	stopping := r.stopping
+	for {
+		now := time.Now()
+		w.expire(now)
+		w.startClaim(now)
+		w.startRepair(now)
+		w.dispatch(now)
+		w.startMark()
+		if w.stopping && w.inflight == 0 && !w.claiming && !w.repairing && !w.marking && len(w.markBuf) == 0 && len(w.fails) == 0 {
+			return
+		}
+		if next := w.nextDeadline(); !next.IsZero() {
+			timer.Reset(max(time.Until(next), time.Millisecond))
+		} else {
+			timer.Reset(time.Hour)
+		}
+		select {
+		case <-r.hardCtx.Done():
+			return
+		case <-stopping:
+			stopping = nil
+			w.stop()
+		case res := <-r.results:
+			w.onResult(res)
+			// Take every result that is already there before deciding.
+			for n := len(r.results); n > 0; n-- {
+				w.onResult(<-r.results)
+			}
+		case res := <-w.claimCh:
+			w.onClaim(res)
+		case res := <-w.repairCh:
+			w.onRepair(res)
+		case res := <-w.markCh:
+			w.onMark(res)
+		case <-r.wake:
+			w.wantClaim = true
+		case <-poll.C:
+			w.wantClaim = true
+		case <-timer.C:
+		}
+	}
+}
+
+// stop begins a graceful stop: nothing new is claimed or published; what
+// is in flight finishes and is marked.
+func (w *worker) stop() {
+	w.stopping = true
+	for _, q := range w.ready {
+		w.closeQueue(q)
+	}
+	w.ready = nil
+	for _, it := range w.repairQ {
+		w.untrack(ref{it.c.Seq, int32(it.c.Partition), true})
+	}
+	w.repairQ = nil
+}
+
+func (w *worker) track(x ref) {
+	t := w.tracked[x.seq]
+	t.n++
+	t.part = x.part
+	w.tracked[x.seq] = t
+	if x.busy {
+		w.busyN++
+		w.r.leases.addBusy(x.part, 1)
+	}
+}
+
+func (w *worker) untrack(x ref) {
+	t, ok := w.tracked[x.seq]
+	if !ok {
+		return
+	}
+	if t.n--; t.n <= 0 {
+		delete(w.tracked, x.seq)
+	} else {
+		w.tracked[x.seq] = t
+	}
+	if x.busy {
+		w.busyN--
+		w.r.leases.addBusy(x.part, -1)
+	}
+}
+
+// maxBusy bounds the entries being worked at once.
+func (w *worker) maxBusy() int { return 4 * w.r.cfg.MaxInFlight }
+
+// startClaim reads new work when something may be there (a notification,
+// the poll interval, a claim that filled its batch) and the pipeline has
+// room for it.
+func (w *worker) startClaim(now time.Time) {
+	r := w.r
+	if w.claiming || w.stopping || now.Before(w.claimPause) || w.busyN >= w.maxBusy() {
+		return
+	}
+	// A claim that filled a partition's batch says more is waiting: read
+	// on while the pipeline has room, so the next batch is there before
+	// the window runs dry.
+	if !w.wantClaim && !w.more {
+		return
+	}
 	held := r.leases.workable()
+	w.wantClaim, w.more = false, false
 	if len(held) == 0 {
-		return false, false
+		return
 	}
 	parts := make([]int32, len(held))
 	epochs := make(map[int32]int64, len(held))
@@ -107,79 +298,557 @@ func (r *Relay) round(ctx context.Context) (progress, outage bool) {
 		parts[i] = l.Part
 		epochs[l.Part] = l.Epoch
 	}
-	began := time.Now()
-	claimed, err := outbox.Claim(ctx, r.pool, parts, r.cfg.BatchPerPartition, r.cfg.RepairGrace)
-	claimDur := time.Since(began)
-	if err != nil {
-		if ctx.Err() == nil {
-			r.log.Warn("claim failed", slog.String("error", err.Error()))
+	exclude := make([]int64, 0, len(w.tracked))
+	for seq := range w.tracked {
+		exclude = append(exclude, seq)
+	}
+	w.claiming = true
+	perPart := r.cfg.BatchPerPartition
+	go func() {
+		began := time.Now()
+		rows, err := outbox.Claim(r.hardCtx, r.pool, parts, perPart, r.cfg.RepairGrace, exclude)
+		res := claimResult{rows: rows, epochs: epochs, err: err, took: time.Since(began)}
+		n := 0
+		for i, c := range rows {
+			if i > 0 && c.Partition != rows[i-1].Partition {
+				n = 0
+			}
+			if n++; n >= perPart {
+				res.full = true
+			}
 		}
-		return false, true
-	}
-	if len(claimed) == 0 {
-		return false, false
-	}
-	ctx, span := r.tracer.Start(ctx, "relay.round", trace.WithAttributes(attribute.Int("entries", len(claimed))))
-	defer span.End()
+		w.claimCh <- res
+	}()
+}
 
-	type key struct{ c, id string }
-	byKey := make(map[key]*keyQueue)
-	var queues, repairs []*keyQueue
-	for _, c := range claimed {
-		k := key{c.Collection, c.EntityID}
-		q := byKey[k]
+func (w *worker) onClaim(res claimResult) {
+	r := w.r
+	w.claiming = false
+	if res.err != nil {
+		if r.hardCtx.Err() == nil {
+			r.log.Warn("claim failed", slog.String("error", res.err.Error()))
+		}
+		w.claimPause = time.Now().Add(r.cfg.PollInterval)
+		w.wantClaim = true
+		return
+	}
+	if w.stopping {
+		return
+	}
+	w.more = res.full
+	now := time.Now()
+	for _, c := range res.rows {
+		if _, dup := w.tracked[c.Seq]; dup {
+			continue // excluded by the claim; cannot happen
+		}
+		part := int32(c.Partition)
+		epoch := res.epochs[part]
+		if c.RepairDue {
+			w.track(ref{c.Seq, part, true})
+			w.repairQ = append(w.repairQ, repairItem{c, epoch})
+		}
+		if !c.PublishPending {
+			continue
+		}
+		k := keyID{c.Collection, c.EntityID}
+		if p := w.parked[k]; p != nil {
+			x := ref{c.Seq, part, false}
+			w.track(x)
+			p.refs = append(p.refs, x)
+			continue
+		}
+		q := w.keys[k]
+		if q != nil && q.closed {
+			continue // given up while its last publish is in flight; claimed again later
+		}
+		if !c.Due {
+			// The key's oldest pending event waits for its retry: park
+			// the key. A queue still working an earlier version is closed
+			// and the later claim finds the waiting entry again.
+			if q != nil {
+				w.closeQueue(q)
+				continue
+			}
+			x := ref{c.Seq, part, false}
+			w.track(x)
+			w.parked[k] = &parkedKey{until: now.Add(max(c.DueIn, 0)), refs: []ref{x}}
+			continue
+		}
 		if q == nil {
-			q = &keyQueue{col: c.Collection, id: c.EntityID, part: int32(c.Partition), epoch: epochs[int32(c.Partition)]}
-			byKey[k] = q
-			queues = append(queues, q)
+			q = &keyQueue{k: k, part: part, epoch: epoch}
+			w.keys[k] = q
 		}
-		q.maxSeen = max(q.maxSeen, c.Version)
-		if c.RepairDue && !q.repair {
-			q.repair = true
-			repairs = append(repairs, q)
+		q.pending = append(q.pending, c)
+		w.queued++
+		w.track(ref{c.Seq, part, true})
+		if !q.inflight && len(q.pending) == 1 {
+			w.ready = append(w.ready, q)
 		}
-		// A key whose oldest pending event waits for a retry is parked:
-		// none of its later events may overtake it.
-		if c.PublishPending && q.next == 0 {
-			if c.Due {
-				q.entries = append(q.entries, c)
-			} else {
-				q.next = -1
+	}
+	if len(res.rows) > 0 {
+		r.log.Debug("claimed", slog.Int("entries", len(res.rows)), slog.Duration("took", res.took),
+			slog.Int("queued", w.queued), slog.Int("in_flight", w.inflight), slog.Int("busy", w.busyN))
+	}
+}
+
+// closeQueue gives up a key's queued events (not the one in flight): they
+// are claimed again later.
+func (w *worker) closeQueue(q *keyQueue) {
+	for _, e := range q.pending {
+		w.untrack(ref{e.Seq, q.part, true})
+	}
+	w.queued -= len(q.pending)
+	q.pending = nil
+	q.closed = true
+	if !q.inflight && w.keys[q.k] == q {
+		delete(w.keys, q.k)
+	}
+}
+
+// park makes key q wait until the given time: its queued events move out
+// of the queue but stay out of claims.
+func (w *worker) park(q *keyQueue, until time.Time, marking bool) *parkedKey {
+	p := w.parked[q.k]
+	if p == nil {
+		p = &parkedKey{}
+		w.parked[q.k] = p
+	}
+	if until.After(p.until) {
+		p.until = until
+	}
+	p.marking = p.marking || marking
+	for _, e := range q.pending {
+		x := ref{e.Seq, q.part, false}
+		w.track(x)
+		p.refs = append(p.refs, x)
+	}
+	w.closeQueue(q)
+	return p
+}
+
+// dispatch publishes the next event of ready keys while the window has room.
+func (w *worker) dispatch(now time.Time) {
+	r := w.r
+	if len(w.ready) == 0 || now.Before(w.pubPause) {
+		return
+	}
+	if r.nc.Status() != nats.CONNECTED {
+		w.pubPause = now.Add(r.cfg.PollInterval)
+		return
+	}
+	if !r.streamReady.Load() {
+		sctx, cancel := context.WithTimeout(r.hardCtx, 2*time.Second)
+		err := r.ensureStream(sctx)
+		cancel()
+		if err != nil {
+			r.log.Warn("stream not ready", slog.String("error", err.Error()))
+			w.pubPause = time.Now().Add(r.cfg.PollInterval)
+			return
+		}
+	}
+	reconnects := r.nc.Stats().Reconnects
+	maxPayload := r.nc.MaxPayload()
+	i := 0
+	for ; i < len(w.ready) && w.inflight < r.cfg.MaxInFlight; i++ {
+		q := w.ready[i]
+		if q.closed || q.inflight || len(q.pending) == 0 {
+			continue
+		}
+		if !r.leases.valid(q.part, q.epoch) {
+			w.closeQueue(q) // lease running out: leave the key to its next owner
+			continue
+		}
+		e := q.pending[0]
+		q.pending = q.pending[1:]
+		w.queued--
+		msg := cloudevent.Encode(&e.Entry, r.cfg.Source, r.cfg.SubjectPrefix)
+		if size := cloudevent.Size(msg); maxPayload > 0 && size > maxPayload {
+			w.failed(q, e, fmt.Errorf("%w: %d bytes, max %d", ErrTooLarge, size, maxPayload), true, false)
+			continue
+		}
+		f := &flight{q: q, e: e, sent: now, reconnects: reconnects, span: r.startSpan(e, msg)}
+		r.flightMu.Lock()
+		r.flights[msg] = f
+		r.flightMu.Unlock()
+		q.inflight = true
+		w.inflight++
+		if _, err := r.js.PublishMsgAsync(msg); err != nil {
+			r.flightMu.Lock()
+			delete(r.flights, msg)
+			r.flightMu.Unlock()
+			q.inflight = false
+			w.inflight--
+			endSpan(f.span, err)
+			if errors.Is(err, nats.ErrMaxPayload) {
+				w.failed(q, e, fmt.Errorf("%w: %w", ErrTooLarge, err), true, false)
+				continue
+			}
+			w.failed(q, e, err, false, IsOutage(err))
+		}
+	}
+	w.ready = append(w.ready[:0], w.ready[i:]...)
+}
+
+// startSpan starts the producer span of an event as a child of the trace
+// stored with the change; an entry without one gets no span.
+func (r *Relay) startSpan(e *outbox.Claimed, msg *nats.Msg) trace.Span {
+	if e.Traceparent == "" {
+		return nil
+	}
+	carrier := propagation.MapCarrier{"traceparent": e.Traceparent}
+	if e.Tracestate != "" {
+		carrier["tracestate"] = e.Tracestate
+	}
+	ctx := traceContext.Extract(context.Background(), carrier)
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return nil
+	}
+	_, span := r.tracer.Start(ctx, "publish "+msg.Subject, trace.WithSpanKind(trace.SpanKindProducer))
+	if span.IsRecording() {
+		span.SetAttributes(
+			attribute.String("messaging.system", "nats"),
+			attribute.String("messaging.operation.type", "send"),
+			attribute.String("messaging.destination.name", msg.Subject),
+			attribute.String("messaging.message.id", e.EventID.String()),
+			attribute.Int64("writethrough.entity.version", e.Version),
+		)
+	}
+	return span
+}
+
+func endSpan(span trace.Span, err error) {
+	if span == nil {
+		return
+	}
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+}
+
+func (w *worker) onResult(res result) {
+	f := res.f
+	q := f.q
+	w.inflight--
+	q.inflight = false
+	endSpan(f.span, res.err)
+	if res.err != nil {
+		r := w.r
+		outage := IsOutage(res.err) &&
+			(r.nc.Status() != nats.CONNECTED || r.nc.Stats().Reconnects != f.reconnects || w.lastAck.Before(f.sent))
+		w.failed(q, f.e, res.err, false, outage)
+		return
+	}
+	w.lastAck = time.Now()
+	w.addMark(f.e.Seq, q.part, q.epoch, true, false)
+	w.r.metrics.published.Add(context.Background(), 1)
+	w.advance(q)
+}
+
+// advance makes q ready for its next event, or forgets it.
+func (w *worker) advance(q *keyQueue) {
+	switch {
+	case q.closed:
+		if w.keys[q.k] == q {
+			delete(w.keys, q.k)
+		}
+	case w.stopping:
+		w.closeQueue(q)
+	case len(q.pending) > 0:
+		w.ready = append(w.ready, q)
+	default:
+		delete(w.keys, q.k)
+	}
+}
+
+// failed handles a publish of e that did not succeed. A broker outage
+// (outage) burns no attempt: the key waits a poll interval and its events
+// are claimed again. Otherwise the attempt is recorded: a poison event or
+// one out of attempts becomes a dead letter and the key moves on; any
+// other waits for its retry with the key parked behind it.
+func (w *worker) failed(q *keyQueue, e *outbox.Claimed, err error, poison, outage bool) {
+	r := w.r
+	now := time.Now()
+	if !poison && outage {
+		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
+			r.streamReady.Store(false) // the stream may be gone; create it again
+		}
+		if !now.Before(w.pubPause) {
+			r.log.Warn("publish failed: broker unavailable; will retry", slog.String("error", err.Error()))
+		}
+		w.pubPause = now.Add(r.cfg.PollInterval)
+		w.untrack(ref{e.Seq, q.part, true})
+		p := w.park(q, w.pubPause, false)
+		x := ref{e.Seq, q.part, false}
+		w.track(x)
+		p.refs = append(p.refs, x)
+		return
+	}
+	attempt := e.Attempts + 1
+	dead := poison || attempt >= r.cfg.MaxAttempts
+	delay := r.retryDelay(attempt)
+	w.fails = append(w.fails, failItem{e: e, part: q.part, epoch: q.epoch,
+		f: outbox.Failure{Seq: e.Seq, Err: err.Error(), Dead: dead, Retry: delay}})
+	if dead {
+		w.advance(q) // the key moves on
+		return
+	}
+	w.park(q, now.Add(delay), true)
+}
+
+func (w *worker) addMark(seq int64, part int32, epoch int64, pub, cache bool) {
+	it := w.markBuf[seq]
+	if it == nil {
+		it = &markItem{seq: seq, part: part, epoch: epoch}
+		w.markBuf[seq] = it
+	}
+	// Each flag carries the busy ref of its work, released after the mark.
+	if pub && it.pub || cache && it.cache {
+		w.untrack(ref{seq, part, true})
+	}
+	it.pub = it.pub || pub
+	it.cache = it.cache || cache
+}
+
+// startMark records finished work and failed attempts, one batch at a time,
+// while publishing goes on.
+func (w *worker) startMark() {
+	if w.marking || (len(w.markBuf) == 0 && len(w.fails) == 0) {
+		return
+	}
+	r := w.r
+	items := make([]*markItem, 0, min(len(w.markBuf), markBatch))
+	for seq, it := range w.markBuf {
+		if len(items) == markBatch {
+			break
+		}
+		items = append(items, it)
+		delete(w.markBuf, seq)
+	}
+	fails := w.fails
+	w.fails = nil
+	w.marking = true
+	go func() {
+		res := markResult{items: items, fails: fails}
+		ctx := r.hardCtx
+		if len(items) > 0 {
+			done := make([]outbox.Done, len(items))
+			var leases []outbox.Lease
+			seen := map[outbox.Lease]bool{}
+			pub := false
+			for i, it := range items {
+				done[i] = outbox.Done{Seq: it.seq, Published: it.pub, Cached: it.cache}
+				pub = pub || it.pub
+				if l := (outbox.Lease{Part: it.part, Epoch: it.epoch}); !seen[l] {
+					seen[l] = true
+					leases = append(leases, l)
+				}
+			}
+			if pub {
+				crashpoint("relay-after-publish")
+			}
+			began := time.Now()
+			_, res.markErr = outbox.MarkDone(ctx, r.pool, outbox.NewHeld(r.cfg.ID, leases), done)
+			r.log.Debug("marked", slog.Int("entries", len(done)), slog.Duration("took", time.Since(began)))
+		}
+		if len(fails) > 0 {
+			fs := make([]outbox.Failure, len(fails))
+			var leases []outbox.Lease
+			seen := map[outbox.Lease]bool{}
+			for i, f := range fails {
+				fs[i] = f.f
+				if l := (outbox.Lease{Part: f.part, Epoch: f.epoch}); !seen[l] {
+					seen[l] = true
+					leases = append(leases, l)
+				}
+			}
+			_, res.failErr = outbox.MarkFailed(ctx, r.pool, outbox.NewHeld(r.cfg.ID, leases), fs)
+		}
+		w.markCh <- res
+	}()
+}
+
+func (w *worker) onMark(res markResult) {
+	r := w.r
+	w.marking = false
+	now := time.Now()
+	if res.markErr != nil {
+		if r.hardCtx.Err() == nil {
+			r.log.Warn("mark failed; the entries are worked again", slog.Int("entries", len(res.items)), slog.String("error", res.markErr.Error()))
+		}
+		h := hold{until: now.Add(r.cfg.PollInterval)}
+		for _, it := range res.items {
+			if it.pub {
+				h.refs = append(h.refs, ref{it.seq, it.part, true})
+			}
+			if it.cache {
+				h.refs = append(h.refs, ref{it.seq, it.part, true})
+			}
+		}
+		w.holds = append(w.holds, h)
+	} else {
+		for _, it := range res.items {
+			if it.pub {
+				w.untrack(ref{it.seq, it.part, true})
+			}
+			if it.cache {
+				w.untrack(ref{it.seq, it.part, true})
 			}
 		}
 	}
-	h := outbox.NewHeld(r.cfg.ID, held)
-
-	var wg sync.WaitGroup
-	var repaired int64
-	var repairOutage bool
-	if len(repairs) > 0 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			repaired, repairOutage = r.repair(ctx, h, repairs)
-		}()
+	if len(res.fails) == 0 {
+		return
 	}
-	published, pubOutage := r.publish(ctx, h, n, queues)
-	wg.Wait()
-	r.log.Debug("round", slog.Int("entries", len(claimed)), slog.Int64("published", published), slog.Int64("repaired", repaired),
-		slog.Duration("claim", claimDur), slog.Duration("total", time.Since(began)))
-	return published+repaired > 0, pubOutage || repairOutage
+	if res.failErr != nil {
+		if r.hardCtx.Err() == nil {
+			r.log.Warn("record publish failures failed", slog.String("error", res.failErr.Error()))
+		}
+		h := hold{until: now.Add(r.cfg.PollInterval)}
+		for _, f := range res.fails {
+			h.refs = append(h.refs, ref{f.e.Seq, f.part, true})
+			if p := w.parked[keyID{f.e.Collection, f.e.EntityID}]; p != nil {
+				p.marking = false
+			}
+		}
+		w.holds = append(w.holds, h)
+		return
+	}
+	for _, f := range res.fails {
+		e := f.e
+		x := ref{e.Seq, f.part, true}
+		if !f.f.Dead {
+			r.metrics.retries.Add(context.Background(), 1)
+			if p := w.parked[keyID{e.Collection, e.EntityID}]; p != nil {
+				// The failed entry stays out of claims with its key.
+				w.untrack(x)
+				x.busy = false
+				w.track(x)
+				p.refs = append(p.refs, x)
+				p.marking = false
+				continue
+			}
+			w.untrack(x)
+			continue
+		}
+		w.untrack(x)
+		r.metrics.dead.Add(context.Background(), 1, metric.WithAttributes(attribute.String("collection", e.Collection)))
+		r.log.Error("event is a dead letter",
+			slog.String("collection", e.Collection), slog.String("id", e.EntityID),
+			slog.Int64("version", e.Version), slog.Int64("seq", e.Seq), slog.String("event_id", e.EventID.String()),
+			slog.String("attempts", strconv.Itoa(e.Attempts+1)), slog.String("error", f.f.Err))
+	}
+}
+
+// expire ends the parks and holds whose time has come; their entries are
+// claimed again.
+func (w *worker) expire(now time.Time) {
+	for k, p := range w.parked {
+		if p.marking || now.Before(p.until) {
+			continue
+		}
+		for _, x := range p.refs {
+			w.untrack(x)
+		}
+		delete(w.parked, k)
+		w.wantClaim = true
+	}
+	kept := w.holds[:0]
+	for _, h := range w.holds {
+		if now.Before(h.until) {
+			kept = append(kept, h)
+			continue
+		}
+		for _, x := range h.refs {
+			w.untrack(x)
+		}
+		w.wantClaim = true
+	}
+	w.holds = kept
+}
+
+// nextDeadline is the earliest time something waits for, or zero.
+func (w *worker) nextDeadline() time.Time {
+	var next time.Time
+	at := func(t time.Time) {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	now := time.Now()
+	if len(w.ready) > 0 && now.Before(w.pubPause) {
+		at(w.pubPause)
+	}
+	if (w.wantClaim || w.more) && now.Before(w.claimPause) {
+		at(w.claimPause)
+	}
+	if len(w.repairQ) > 0 && now.Before(w.repairPause) {
+		at(w.repairPause)
+	}
+	for _, p := range w.parked {
+		if !p.marking {
+			at(p.until)
+		}
+	}
+	for _, h := range w.holds {
+		at(h.until)
+	}
+	return next
+}
+
+// startRepair rewrites the cache of the keys whose synchronous write did
+// not succeed, one batch at a time, alongside publishing.
+func (w *worker) startRepair(now time.Time) {
+	if w.repairing || len(w.repairQ) == 0 || now.Before(w.repairPause) {
+		return
+	}
+	batch := w.repairQ
+	if len(batch) > markBatch {
+		batch = batch[:markBatch]
+	}
+	w.repairQ = append([]repairItem(nil), w.repairQ[len(batch):]...)
+	w.repairing = true
+	go func() { w.repairCh <- w.r.repair(w.r.hardCtx, batch) }()
+}
+
+func (w *worker) onRepair(res repairResult) {
+	w.repairing = false
+	for _, it := range res.done {
+		w.addMark(it.c.Seq, int32(it.c.Partition), it.epoch, false, true)
+	}
+	if len(res.retry) > 0 {
+		h := hold{until: time.Now().Add(w.r.cfg.PollInterval)}
+		for _, it := range res.retry {
+			h.refs = append(h.refs, ref{it.c.Seq, int32(it.c.Partition), true})
+		}
+		w.holds = append(w.holds, h)
+	}
+	if res.outage {
+		w.repairPause = time.Now().Add(w.r.cfg.PollInterval)
+	}
 }
 
 // repair rewrites each key's cache entry from its current row through the
-// fence, then marks the key's pending cache writes up to that version done.
-// The outbox payload is never written to the cache: the fence would let an
-// old version into a key that lost its newer value.
-func (r *Relay) repair(ctx context.Context, h outbox.Held, qs []*keyQueue) (marked int64, outage bool) {
-	cols, ids := make([]string, len(qs)), make([]string, len(qs))
-	for i, q := range qs {
-		cols[i], ids[i] = q.col, q.id
+// fence, once per key however many of its entries are pending. The entries
+// up to the version written are done. The outbox payload is never written
+// to the cache: the fence would let an old version into a key that lost
+// its newer value.
+func (r *Relay) repair(ctx context.Context, items []repairItem) repairResult {
+	byKey := make(map[keyID][]repairItem)
+	var cols, ids []string
+	for _, it := range items {
+		k := keyID{it.c.Collection, it.c.EntityID}
+		if _, ok := byKey[k]; !ok {
+			cols, ids = append(cols, k.c), append(ids, k.id)
+		}
+		byKey[k] = append(byKey[k], it)
 	}
 	rows, err := outbox.CurrentRows(ctx, r.pool, cols, ids)
 	if err != nil {
-		r.log.Warn("cache repair: read rows failed", slog.String("error", err.Error()))
-		return 0, true
+		if ctx.Err() == nil {
+			r.log.Warn("cache repair: read rows failed", slog.String("error", err.Error()))
+		}
+		return repairResult{retry: items, outage: true}
 	}
 	entries := make([]fence.Entry, len(rows))
 	for i, row := range rows {
@@ -188,207 +857,43 @@ func (r *Relay) repair(ctx context.Context, h outbox.Held, qs []*keyQueue) (mark
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	outcomes, err := r.fence.Apply(cctx, entries...)
 	cancel()
-	var done []outbox.Repaired
+	var res repairResult
 	var applied int64
-	found := make(map[[2]string]bool, len(rows))
 	for i, row := range rows {
-		found[[2]string{row.Collection, row.ID}] = true
+		k := keyID{row.Collection, row.ID}
+		its := byKey[k]
+		delete(byKey, k)
+		ok := false
 		switch outcomes[i] {
 		case fence.Applied:
 			applied++
-			fallthrough
+			ok = true
 		case fence.FencedOut:
-			done = append(done, outbox.Repaired{Collection: row.Collection, ID: row.ID, Version: row.Version})
+			ok = true
+		}
+		for _, it := range its {
+			if ok && it.c.Version <= row.Version {
+				res.done = append(res.done, it)
+			} else {
+				res.retry = append(res.retry, it)
+			}
 		}
 	}
 	// A key without a row has nothing to repair (repair never deletes).
-	for i, q := range qs {
-		if !found[[2]string{cols[i], ids[i]}] {
-			done = append(done, outbox.Repaired{Collection: cols[i], ID: ids[i], Version: q.maxSeen})
-		}
+	for _, its := range byKey {
+		res.done = append(res.done, its...)
 	}
 	if err != nil && ctx.Err() == nil {
 		r.log.Warn("cache repair: redis write failed; will retry", slog.Int("keys", len(entries)), slog.String("error", err.Error()))
-		outage = true
+		res.outage = true
 	}
 	if applied > 0 {
 		r.metrics.repairs.Add(ctx, applied)
 	}
-	if len(done) == 0 {
-		return 0, outage
+	if len(res.done) > 0 {
+		crashpoint("relay-after-repair")
 	}
-	crashpoint("relay-after-repair")
-	r.markMu.Lock() // marks of one round touch the same rows: never concurrently
-	n, err := outbox.MarkRepaired(ctx, r.pool, h, done)
-	r.markMu.Unlock()
-	if err != nil {
-		if ctx.Err() == nil {
-			r.log.Warn("cache repair: mark failed", slog.String("error", err.Error()))
-		}
-		return 0, true
-	}
-	return n, outage
-}
-
-// publish sends the events of the queues: many keys in flight at once, at
-// most one event per key, the next event of a key only after the previous
-// one was acknowledged. Acknowledged events are marked in one statement.
-func (r *Relay) publish(ctx context.Context, h outbox.Held, round int64, queues []*keyQueue) (marked int64, outage bool) {
-	ready := make([]*keyQueue, 0, len(queues))
-	for _, q := range queues {
-		if q.next == 0 && len(q.entries) > 0 {
-			ready = append(ready, q)
-		}
-	}
-	if len(ready) == 0 {
-		return 0, false
-	}
-	if r.nc.Status() != nats.CONNECTED {
-		return 0, true
-	}
-	if !r.streamReady.Load() {
-		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := r.ensureStream(sctx)
-		cancel()
-		if err != nil {
-			r.log.Warn("stream not ready", slog.String("error", err.Error()))
-			return 0, true
-		}
-	}
-	reconnects := r.nc.Stats().Reconnects
-	maxPayload := r.nc.MaxPayload()
-
-	var acked []int64
-	var fails []failed
-	inflight := 0
-	for {
-		for inflight < r.cfg.MaxInFlight && len(ready) > 0 && ctx.Err() == nil {
-			q := ready[len(ready)-1]
-			ready = ready[:len(ready)-1]
-			if !r.leases.valid(q.part, q.epoch) {
-				continue // lease running out: leave the rest to its next owner
-			}
-			e := q.entries[q.next]
-			msg := cloudevent.Encode(&e.Entry, r.cfg.Source, r.cfg.SubjectPrefix)
-			if size := cloudevent.Size(msg); maxPayload > 0 && size > maxPayload {
-				fails = append(fails, failed{e: e, err: fmt.Errorf("%w: %d bytes, max %d", ErrTooLarge, size, maxPayload), poison: true})
-				if q.advance() {
-					ready = append(ready, q)
-				}
-				continue
-			}
-			f := &flight{q: q, e: e, round: round}
-			r.flightMu.Lock()
-			r.flights[msg] = f
-			r.flightMu.Unlock()
-			if _, err := r.js.PublishMsgAsync(msg); err != nil {
-				r.flightMu.Lock()
-				delete(r.flights, msg)
-				r.flightMu.Unlock()
-				if errors.Is(err, nats.ErrMaxPayload) {
-					fails = append(fails, failed{e: e, err: fmt.Errorf("%w: %w", ErrTooLarge, err), poison: true})
-					if q.advance() {
-						ready = append(ready, q)
-					}
-					continue
-				}
-				fails = append(fails, failed{e: e, err: err})
-				continue
-			}
-			inflight++
-		}
-		if inflight == 0 {
-			break
-		}
-		var res result
-		select {
-		case res = <-r.results:
-		case <-ctx.Done():
-			return 0, true // abandoned; the entries are worked again later
-		}
-		if res.f.round != round {
-			continue
-		}
-		inflight--
-		if res.err != nil {
-			fails = append(fails, failed{e: res.f.e, err: res.err})
-			continue
-		}
-		acked = append(acked, res.f.e.Seq)
-		if res.f.q.advance() {
-			ready = append(ready, res.f.q)
-		}
-	}
-
-	if len(acked) > 0 {
-		crashpoint("relay-after-publish")
-		r.markMu.Lock()
-		n, err := outbox.MarkPublished(ctx, r.pool, h, acked)
-		r.markMu.Unlock()
-		if err != nil {
-			if ctx.Err() == nil {
-				r.log.Warn("mark published failed", slog.String("error", err.Error()))
-			}
-			outage = true
-		}
-		marked = n
-		r.metrics.published.Add(ctx, int64(len(acked)))
-	}
-	if len(fails) > 0 {
-		brokerDown := r.nc.Status() != nats.CONNECTED || r.nc.Stats().Reconnects != reconnects || len(acked) == 0
-		if r.recordFailures(ctx, h, fails, brokerDown) {
-			outage = true
-		}
-	}
-	return marked, outage
-}
-
-// advance moves q to its next event; false when none is left.
-func (q *keyQueue) advance() bool {
-	q.next++
-	return q.next < len(q.entries)
-}
-
-// recordFailures counts failed attempts, schedules retries with backoff and
-// makes dead letters. When the broker was unavailable (brokerDown), failures
-// that say so are not attempts: nothing goes dead because NATS was down.
-// It reports whether any failure was such an outage.
-func (r *Relay) recordFailures(ctx context.Context, h outbox.Held, fails []failed, brokerDown bool) (outage bool) {
-	var fs []outbox.Failure
-	for _, f := range fails {
-		if !f.poison && brokerDown && IsOutage(f.err) {
-			outage = true
-			if errors.Is(f.err, jetstream.ErrNoStreamResponse) || errors.Is(f.err, nats.ErrNoResponders) {
-				r.streamReady.Store(false) // the stream may be gone; create it again
-			}
-			continue
-		}
-		attempt := f.e.Attempts + 1
-		dead := f.poison || attempt >= r.cfg.MaxAttempts
-		fs = append(fs, outbox.Failure{Seq: f.e.Seq, Err: f.err.Error(), Dead: dead, Retry: r.retryDelay(attempt)})
-	}
-	if len(fs) == 0 {
-		return outage
-	}
-	if _, err := outbox.MarkFailed(ctx, r.pool, h, fs); err != nil {
-		if ctx.Err() == nil {
-			r.log.Warn("record publish failures failed", slog.String("error", err.Error()))
-		}
-		return true
-	}
-	for i, f := range fs {
-		e := fails[i].e
-		if !f.Dead {
-			r.metrics.retries.Add(ctx, 1)
-			continue
-		}
-		r.metrics.dead.Add(ctx, 1, metric.WithAttributes(attribute.String("collection", e.Collection)))
-		r.log.Error("event is a dead letter",
-			slog.String("collection", e.Collection), slog.String("id", e.EntityID),
-			slog.Int64("version", e.Version), slog.Int64("seq", e.Seq), slog.String("event_id", e.EventID.String()),
-			slog.String("attempts", strconv.Itoa(e.Attempts+1)), slog.String("error", f.Err))
-	}
-	return outage
+	return res
 }
 
 // retryDelay is the backoff before attempt+1: exponential with jitter.
