@@ -84,6 +84,17 @@ func TestNoRegression(t *testing.T) {
 		b.read(200+int64(RepairWindow/time.Millisecond)+1, 6000, "c/a", 8, SourceRedis)
 		require.Len(t, CheckNoRegression(b.h).Violations, 1)
 	})
+	t.Run("so does one just after the heal, while the service reconnects", func(t *testing.T) {
+		// Found in seed 1011: a GET 54ms after a Redis cut healed was still
+		// served from Postgres, newer than the cache the relay had yet to
+		// repair.
+		b := newHB().fault(FaultRedisCut, 100, 200).
+			read(254, 338, "c/a", 2519, SourceMiss).
+			read(342, 343, "c/a", 2509, SourceRedis)
+		require.Empty(t, CheckNoRegression(b.h).Violations)
+		b.read(200+int64(RepairWindow/time.Millisecond)+1, 6000, "c/a", 2509, SourceRedis)
+		require.Len(t, CheckNoRegression(b.h).Violations, 1, "after the repair window the cache must have caught up")
+	})
 	t.Run("a cache hit during a Redis fault is not exempt", func(t *testing.T) {
 		h := newHB().fault(FaultRedisSlow, 100, 200).
 			read(150, 160, "c/a", 9, SourceHit).
