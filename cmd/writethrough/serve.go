@@ -27,9 +27,13 @@ func serveCmd(ctx context.Context, c *cli, args []string) int {
 	tombstoneTTL := fs.Duration("tombstone-ttl", 24*time.Hour, "expiry of cached tombstones; must outlast the relay's longest retry horizon")
 	valueTTL := fs.Duration("value-ttl", 0, "expiry of cached values (0: none)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 25*time.Second, "how long shutdown waits for requests in flight")
+	rf := bindRelayFlags(fs, c.getenv)
 	cfg, code := c.parse(fs, args)
 	if cfg == nil {
 		return code
+	}
+	if !rf.valid(c) {
+		return exitUsage
 	}
 	for _, d := range []struct {
 		name     string
@@ -71,7 +75,7 @@ func serveCmd(ctx context.Context, c *cli, args []string) int {
 
 	stopRelay := func(context.Context) error { return nil }
 	if *withRelay {
-		if stopRelay, err = startRelay(ctx, d); err != nil {
+		if stopRelay, err = startRelay(ctx, d, rf); err != nil {
 			return c.fail("serve: %v", redact(err))
 		}
 	}
