@@ -58,7 +58,7 @@ type Config struct {
 	PublishTimeout time.Duration
 	// MaxInFlight bounds unacknowledged publishes. Default 4096.
 	MaxInFlight int
-	// BatchPerPartition is how many entries one round reads per partition.
+	// BatchPerPartition is how many entries one claim reads per partition.
 	// Default 256.
 	BatchPerPartition int
 

@@ -10,9 +10,9 @@
 // time and per-key order holds with any number of relays. Every LeaseTTL/5
 // (default 1s) a relay heartbeats in relays, renews its leases, and moves
 // towards its fair share, ceil(64 / live relays): above it, it stops working
-// the surplus partitions, lets the round in progress end, then releases
-// them; below it, it takes free or expired ones. Taking a partition bumps
-// its epoch and writes a lease_log row; the previous owner's row is closed
+// the surplus partitions and releases them once none of their entries is
+// being worked; below it, it takes free or expired ones. Taking a partition
+// bumps its epoch and writes a lease_log row; the previous owner's row is closed
 // at the moment its lease ran out (or when it released it), so lease_log
 // proves that no two relays owned a partition at once.
 //
@@ -25,30 +25,37 @@
 // waits for a mark in progress. A dead or hung relay's partitions are taken
 // over after at most LeaseTTL plus one tick (about 6s by default).
 //
-// # Rounds
+// # Pipeline
 //
-// A round claims, with one short statement (no transaction is held across
-// Redis or NATS), up to BatchPerPartition entries per leased partition that
-// need work, selected by state and ordered by seq, never by "last seq
-// seen". Entries are grouped by key in version order. Rounds start on a
-// LISTEN/NOTIFY wake-up (a dedicated connection that listens again after a
-// reconnect), on the PollInterval fallback, or right after a round that
-// made progress.
+// One worker goroutine owns the relay's state; a claim, a cache repair and
+// a mark each run in a goroutine of their own (at most one of each at a
+// time), so a claim never waits for a mark and the publish window stays
+// full across batches. A claim is one short statement (no transaction is
+// held across Redis or NATS) that reads, per workable partition, up to
+// BatchPerPartition entries needing work, selected by state and ordered by
+// seq, never by "last seq seen", leaving out (a hashed set) the entries the
+// relay is already working: queued, in flight, being repaired or awaiting
+// their mark. Claims start on a LISTEN/NOTIFY wake-up (a dedicated
+// connection that listens again after a reconnect), on the PollInterval
+// fallback, or while the previous claim filled a partition's batch and the
+// pipeline has room (4×MaxInFlight entries).
 //
 // Cache repair: an entry whose synchronous cache write did not succeed
 // (cache_state pending, older than RepairGrace) gets its key rewritten from
 // the entity's current row through the fence, once per key however many
-// entries are pending; then every pending entry of that key up to the
-// repaired version is marked done. The outbox payload is never written to
-// the cache.
+// entries are pending; those entries are then marked done. The outbox
+// payload is never written to the cache.
 //
 // Publishing: events go out with PublishMsgAsync, up to MaxInFlight
 // unacknowledged, at most one per key: the next version of a key is
-// published only after the previous one was acknowledged. Acknowledged
-// entries are marked in one statement at the end of the round. Nats-Msg-Id
-// is ce-id, so a re-publish after a crash between publish and mark is
-// dropped by JetStream within the stream's DuplicateWindow (default 2m,
-// set on the stream at start); past the window consumers dedupe by ce-id.
+// published only after the previous one was acknowledged. Each event gets a
+// producer span, a child of the trace stored with the change; ce-traceparent
+// carries the stored traceparent. Acknowledged events and repaired entries
+// are marked together, in batches of up to 8192 in one statement, while
+// publishing goes on. Nats-Msg-Id is ce-id, so a re-publish after a crash
+// between publish and mark is dropped by JetStream within the stream's
+// DuplicateWindow (default 2m, set on the stream at start); past the window
+// consumers dedupe by ce-id.
 //
 // # Failures
 //
@@ -58,10 +65,9 @@
 // RetryMax); after MaxAttempts the entry becomes a dead letter (metric and
 // log line) and the key moves on. An event larger than the server's max
 // payload is a dead letter at once. Outages burn no attempts: when NATS is
-// not connected, reconnected during the round, or failed every publish of
-// the round with timeouts or no responders, the failures are left as they
-// are and the relay waits a poll interval; likewise when Redis or Postgres
-// fail.
+// not connected, reconnected since the event was sent, or acknowledged
+// nothing since then, a timeout or no-responders failure is left as it is
+// and the key waits a poll interval; likewise when Redis or Postgres fail.
 //
 // # Housekeeping and metrics
 //
@@ -75,7 +81,8 @@
 // # Lifecycle
 //
 // Start returns once the relay holds its first leases and runs. Stop
-// finishes the round in progress, releases the leases (lease_until = now,
+// publishes nothing new, waits for the events in flight and marks them,
+// releases the leases (lease_until = now,
 // lease_log closed) and waits for every goroutine; it is idempotent.
 //
 // Built with the tag chaos, the relay can kill its own process at

@@ -46,7 +46,7 @@ type Relay struct {
 	stopOnce  sync.Once
 	started   atomic.Bool
 	killed    atomic.Bool
-	stopping  chan struct{} // closed by Stop: finish the round, then end
+	stopping  chan struct{} // closed by Stop: finish the work in flight, then end
 	hardCtx   context.Context
 	hardStop  context.CancelFunc // abandons work in progress
 	bgCancel  context.CancelFunc // ends the lease, listen and housekeeping loops
@@ -184,7 +184,7 @@ func (r *Relay) wakeup() {
 	}
 }
 
-// Stop ends the relay: it finishes the round in progress (its publishes are
+// Stop ends the relay: it finishes the work in flight (its publishes are
 // acknowledged and marked), releases the leases so other relays take over at
 // once, and waits for every goroutine. If ctx ends first, work in progress is
 // abandoned (its entries are worked again later; JetStream drops the
