@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
@@ -144,10 +145,11 @@ type worker struct {
 	repairing   bool
 	repairPause time.Time
 
-	marking bool
-	markBuf map[int64]*markItem
-	fails   []failItem
-	holds   []hold
+	marking   bool
+	markPause time.Time
+	markBuf   map[int64]*markItem
+	fails     []failItem
+	holds     []hold
 
 	pubPause time.Time
 	lastAck  time.Time
@@ -614,7 +616,7 @@ func (w *worker) addMark(seq int64, part int32, epoch int64, pub, cache bool) {
 // startMark records finished work and failed attempts, one batch at a time,
 // while publishing goes on.
 func (w *worker) startMark() {
-	if w.marking || (len(w.markBuf) == 0 && len(w.fails) == 0) {
+	if w.marking || (len(w.markBuf) == 0 && len(w.fails) == 0) || time.Now().Before(w.markPause) {
 		return
 	}
 	r := w.r
@@ -674,19 +676,29 @@ func (w *worker) onMark(res markResult) {
 	w.marking = false
 	now := time.Now()
 	if res.markErr != nil {
-		if r.hardCtx.Err() == nil {
-			r.log.Warn("mark failed; the entries are worked again", slog.Int("entries", len(res.items)), slog.String("error", res.markErr.Error()))
+		// Marks are idempotent: keep the entries (out of claims, so
+		// nothing is published again) and mark them again, at once after
+		// a deadlock with another marking statement, else after a poll
+		// interval.
+		pause := r.cfg.PollInterval
+		var pgErr *pgconn.PgError
+		if errors.As(res.markErr, &pgErr) && (pgErr.Code == "40P01" || pgErr.Code == "40001") {
+			pause = 0
+		} else if r.hardCtx.Err() == nil {
+			r.log.Warn("mark failed; will retry", slog.Int("entries", len(res.items)), slog.String("error", res.markErr.Error()))
 		}
-		h := hold{until: now.Add(r.cfg.PollInterval)}
+		w.markPause = now.Add(pause)
 		for _, it := range res.items {
-			if it.pub {
-				h.refs = append(h.refs, ref{it.seq, it.part, true})
+			if cur := w.markBuf[it.seq]; cur != nil {
+				// Work finished again meanwhile: one ref per flag.
+				if cur.pub && it.pub || cur.cache && it.cache {
+					w.untrack(ref{it.seq, it.part, true})
+				}
+				cur.pub, cur.cache = cur.pub || it.pub, cur.cache || it.cache
+				continue
 			}
-			if it.cache {
-				h.refs = append(h.refs, ref{it.seq, it.part, true})
-			}
+			w.markBuf[it.seq] = it
 		}
-		w.holds = append(w.holds, h)
 	} else {
 		for _, it := range res.items {
 			if it.pub {
@@ -792,6 +804,9 @@ func (w *worker) nextDeadline() time.Time {
 	}
 	for _, h := range w.holds {
 		at(h.until)
+	}
+	if len(w.markBuf) > 0 && now.Before(w.markPause) {
+		at(w.markPause)
 	}
 	return next
 }
