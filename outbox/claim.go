@@ -22,9 +22,16 @@ type Claimed struct {
 	Entry
 	// PublishPending: the event still needs publishing.
 	PublishPending bool
-	// RepairDue: the cache write of this change did not succeed and the
-	// repair grace has passed.
+	// CachePending: nothing has recorded yet that the cache holds this
+	// version.
+	CachePending bool
+	// RepairDue: the cache write of this change is not known to have
+	// succeeded and the repair grace has passed.
 	RepairDue bool
+	// CacheHeld is set by the relay when it saw the cache hold this version
+	// or a newer one, so marking the event published also settles its cache
+	// state and no repair is needed.
+	CacheHeld bool
 	// Due: next_attempt_at has come; false for an entry that waits for a
 	// retry (its key is parked until then).
 	Due bool
@@ -44,7 +51,7 @@ type Claimed struct {
 const claimSQL = `
 SELECT o.seq, o.event_id, o.part, o.collection, o.entity_id, o.version, o.op, o.data::text,
        o.committed_at, coalesce(o.traceparent, ''), coalesce(o.tracestate, ''),
-       o.publish_state = 'pending', o.cache_state = 'pending' AND o.committed_at < now() - $3 * interval '1 microsecond',
+       o.publish_state = 'pending', o.cache_state = 'pending', o.cache_state = 'pending' AND o.committed_at < now() - $3 * interval '1 microsecond',
        o.next_attempt_at <= now(), (extract(epoch FROM o.next_attempt_at - now()) * 1000000)::bigint, o.attempts
 FROM unnest($1::int[]) AS p(part)
 CROSS JOIN LATERAL (
@@ -78,7 +85,7 @@ func Claim(ctx context.Context, db DB, parts []int32, perPart int, repairGrace t
 		var part int32
 		var dueInUS int64
 		if err := rows.Scan(&c.Seq, &c.EventID, &part, &c.Collection, &c.EntityID, &c.Version, &op, &data,
-			&c.CommittedAt, &c.Traceparent, &c.Tracestate, &c.PublishPending, &c.RepairDue, &c.Due, &dueInUS, &c.Attempts); err != nil {
+			&c.CommittedAt, &c.Traceparent, &c.Tracestate, &c.PublishPending, &c.CachePending, &c.RepairDue, &c.Due, &dueInUS, &c.Attempts); err != nil {
 			return nil, fmt.Errorf("claim outbox entries: %w", err)
 		}
 		c.Partition, c.Op = int(part), Op(op)

@@ -177,31 +177,6 @@ func QueueInsert(b *pgx.Batch, entries []*Entry) error {
 	return nil
 }
 
-const markCacheDoneSQL = `
-UPDATE outbox SET cache_state = 'done'
-WHERE seq = ANY($1::bigint[]) AND cache_state = 'pending'`
-
-// MarkCacheDone records that the cache holds the versions of these entries
-// (or newer ones), so the relay need not repair them. The record is only an
-// optimisation (a lost one costs a redundant repair from the current row), so
-// its commit does not wait for the WAL flush.
-func MarkCacheDone(ctx context.Context, pool *pgxpool.Pool, seqs []int64) error {
-	if len(seqs) == 0 {
-		return nil
-	}
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit TO off"); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, markCacheDoneSQL, seqs)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("mark cache done: %w", err)
-	}
-	return nil
-}
-
 // notifySQL wakes the relays LISTENing on "<schema>_outbox". It runs after
 // the commit, in its own statement: a NOTIFY inside the writing transaction
 // would take Postgres's global notify lock through the commit and serialize

@@ -40,8 +40,15 @@
 // fallback, or while the previous claim filled a partition's batch and the
 // pipeline has room (4×MaxInFlight entries).
 //
-// Cache repair: an entry whose synchronous cache write did not succeed
-// (cache_state pending, older than RepairGrace) gets its key rewritten from
+// Cache state: the writer records nothing after its synchronous cache write
+// (that would cost a second update of every outbox row on the write path).
+// Instead, when the relay claims an event it reads the key from Redis in one
+// pipelined round; if the cache holds the event's version or a newer one,
+// the statement that marks the event published also settles its cache state.
+//
+// Cache repair: an entry whose cache state is still unsettled after
+// RepairGrace (the synchronous write failed or timed out, or Redis lost the
+// key before the relay looked) gets its key rewritten from
 // the entity's current row through the fence, once per key however many
 // entries are pending; those entries are then marked done. The outbox
 // payload is never written to the cache.

@@ -309,6 +309,9 @@ func (w *worker) startClaim(now time.Time) {
 	go func() {
 		began := time.Now()
 		rows, err := outbox.Claim(r.hardCtx, r.pool, parts, perPart, r.cfg.RepairGrace, exclude)
+		if err == nil {
+			r.checkCache(rows)
+		}
 		res := claimResult{rows: rows, epochs: epochs, err: err, took: time.Since(began)}
 		n := 0
 		for i, c := range rows {
@@ -321,6 +324,35 @@ func (w *worker) startClaim(now time.Time) {
 		}
 		w.claimCh <- res
 	}()
+}
+
+// checkCache looks, in one pipelined read, at the cache keys of claimed
+// events whose cache state is unsettled, and flags the ones the cache holds
+// at their version or newer. Marking such an event published settles its
+// cache state in the same statement, so a write whose synchronous cache
+// write succeeded costs one mark and no repair. A failed read flags nothing:
+// those entries are repaired from the current row after the grace period.
+func (r *Relay) checkCache(rows []*outbox.Claimed) {
+	var check []*outbox.Claimed
+	var keys []string
+	for _, c := range rows {
+		if c.CachePending && c.PublishPending && !c.RepairDue {
+			check = append(check, c)
+			keys = append(keys, r.fence.Key(c.Collection, c.EntityID))
+		}
+	}
+	if len(keys) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.hardCtx, 2*time.Second)
+	defer cancel()
+	cached, hit, err := r.fence.GetMany(ctx, keys)
+	if err != nil {
+		return
+	}
+	for i, c := range check {
+		c.CacheHeld = hit[i] && cached[i].Version >= c.Version
+	}
 }
 
 func (w *worker) onClaim(res claimResult) {
@@ -543,7 +575,7 @@ func (w *worker) onResult(res result) {
 		return
 	}
 	w.lastAck = time.Now()
-	w.addMark(f.e.Seq, q.part, q.epoch, true, false)
+	w.addMark(f.e.Seq, q.part, q.epoch, true, f.e.CacheHeld)
 	w.r.metrics.published.Add(context.Background(), 1)
 	w.advance(q)
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -92,12 +93,11 @@ type Writer struct {
 	maxAttempts  int
 	log          *slog.Logger
 	metrics      *metrics
-	marker       *marker
 	waker        *waker
 	closeOnce    sync.Once
 }
 
-// New returns a Writer. Close it to flush its bookkeeping.
+// New returns a Writer. Close it to stop its goroutine.
 func New(cfg Config) (*Writer, error) {
 	if cfg.Pool == nil {
 		return nil, errors.New("writer: Config.Pool is required")
@@ -121,18 +121,14 @@ func New(cfg Config) (*Writer, error) {
 		log:          cmp.Or(cfg.Logger, slog.Default()),
 		metrics:      m,
 	}
-	w.marker = newMarker(cfg.Pool, w.log)
 	w.waker = newWaker(cfg.Pool, w.log)
 	return w, nil
 }
 
-// Close flushes pending bookkeeping and stops the Writer's goroutine. It
+// Close stops the goroutine that wakes the relays after commits. It
 // does not close the pool or the Redis client.
 func (w *Writer) Close() {
-	w.closeOnce.Do(func() {
-		w.waker.stop()
-		w.marker.stop()
-	})
+	w.closeOnce.Do(w.waker.stop)
 }
 
 // Pool returns the Postgres pool.
@@ -212,11 +208,13 @@ func (w *Writer) do(ctx context.Context, fn func(Tx) error) (Result, error) {
 	if err != nil {
 		return Result{}, classify(err)
 	}
+	crashpoint("writer-after-commit")
+	res := Result{Changes: t.changes, CacheWrite: w.writeCache(ctx, t)}
+	// Wake the relays once the cache write is done, so they usually find the
+	// cache already holding the version and need no repair.
 	if len(t.entries) > 0 {
 		w.waker.poke()
 	}
-	crashpoint("writer-after-commit")
-	res := Result{Changes: t.changes, CacheWrite: w.writeCache(ctx, t)}
 	crashpoint("writer-after-cache")
 	return res, nil
 }
@@ -268,6 +266,14 @@ func (w *Writer) attempt(ctx context.Context, fn func(Tx) error) (*txn, error) {
 	return t, nil
 }
 
+func newEventID() uuid.UUID {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return uuid.New()
+	}
+	return id
+}
+
 func traceparent(ctx context.Context) propagation.MapCarrier {
 	c := propagation.MapCarrier{}
 	propagation.TraceContext{}.Inject(ctx, c)
@@ -299,11 +305,6 @@ func (w *Writer) writeCache(ctx context.Context, t *txn) CacheWrite {
 		w.log.LogAttrs(ctx, slog.LevelWarn, "cache write pending", slog.String("error", err.Error()))
 		return CachePending
 	}
-	seqs := make([]int64, len(t.entries))
-	for i, e := range t.entries {
-		seqs[i] = e.Seq
-	}
-	w.marker.add(seqs)
 	return CacheOK
 }
 
