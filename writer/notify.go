@@ -21,6 +21,9 @@ type waker struct {
 	stopped chan struct{}
 }
 
+// notifyGap is the least time between two NOTIFYs of one Writer.
+const notifyGap = time.Millisecond
+
 func newWaker(pool *pgxpool.Pool, log *slog.Logger) *waker {
 	k := &waker{pool: pool, log: log, wake: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{})}
 	go k.loop()
@@ -48,6 +51,15 @@ func (k *waker) loop() {
 			k.log.Debug("wake relays", slog.String("error", err.Error()))
 		}
 		cancel()
+		// Under load, fold the commits of the next moment into one NOTIFY
+		// rather than send one per commit.
+		t := time.NewTimer(notifyGap)
+		select {
+		case <-t.C:
+		case <-k.done:
+			t.Stop()
+			return
+		}
 	}
 }
 
