@@ -157,8 +157,13 @@ func (r *Report) WriteTable(w io.Writer) {
 		Percentile(r.ConvTimes, 99).Round(time.Millisecond), Percentile(r.ConvTimes, 100).Round(time.Millisecond), len(r.ConvTimes), r.ConvRepaired)
 	tw.Flush()
 	for _, name := range Checkers {
-		if res, ok := r.Results[name]; ok && len(res.Violations) > 0 {
-			fmt.Fprintf(w, "first %s violation (of %d):\n  %s\n", name, len(res.Violations), res.First())
+		res, ok := r.Results[name]
+		if !ok || len(res.Violations) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "first %s violation (of %d):\n  %s\n", name, len(res.Violations), res.First())
+		for i, v := range res.Violations[1:min(len(res.Violations), 5)] {
+			fmt.Fprintf(w, "  %s violation %d:\n  %s\n", name, i+2, v)
 		}
 	}
 }
