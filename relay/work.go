@@ -624,11 +624,14 @@ func (w *worker) failed(q *keyQueue, e *outbox.Claimed, err error, poison, outag
 	delay := r.retryDelay(attempt)
 	w.fails = append(w.fails, failItem{e: e, part: q.part, epoch: q.epoch,
 		f: outbox.Failure{Seq: e.Seq, Err: err.Error(), Dead: dead, Retry: delay}})
+	// The key waits until the attempt is recorded: a dead letter lets it move
+	// on only once the database says so, since a failed record leaves the
+	// entry pending and it would be published again after later versions.
+	until := now.Add(delay)
 	if dead {
-		w.advance(q) // the key moves on
-		return
+		until = now
 	}
-	w.park(q, now.Add(delay), true)
+	w.park(q, until, true)
 }
 
 func (w *worker) addMark(seq int64, part int32, epoch int64, pub, cache bool) {
@@ -748,14 +751,29 @@ func (w *worker) onMark(res markResult) {
 		if r.hardCtx.Err() == nil {
 			r.log.Warn("record publish failures failed", slog.String("error", res.failErr.Error()))
 		}
-		h := hold{until: now.Add(r.cfg.PollInterval)}
+		// The entries stay pending; each waits with its key parked behind
+		// it, so no later version of the key is claimed and published first.
+		until := now.Add(r.cfg.PollInterval)
+		h := hold{until: until}
 		for _, f := range res.fails {
-			h.refs = append(h.refs, ref{f.e.Seq, f.part, true})
-			if p := w.parked[keyID{f.e.Collection, f.e.EntityID}]; p != nil {
-				p.marking = false
+			x := ref{f.e.Seq, f.part, true}
+			p := w.parked[keyID{f.e.Collection, f.e.EntityID}]
+			if p == nil {
+				h.refs = append(h.refs, x)
+				continue
 			}
+			p.marking = false
+			if until.After(p.until) {
+				p.until = until
+			}
+			w.untrack(x)
+			x.busy = false
+			w.track(x)
+			p.refs = append(p.refs, x)
 		}
-		w.holds = append(w.holds, h)
+		if len(h.refs) > 0 {
+			w.holds = append(w.holds, h)
+		}
 		return
 	}
 	for _, f := range res.fails {
@@ -776,6 +794,9 @@ func (w *worker) onMark(res markResult) {
 			continue
 		}
 		w.untrack(x)
+		if p := w.parked[keyID{e.Collection, e.EntityID}]; p != nil {
+			p.marking = false // recorded: the key moves on
+		}
 		r.metrics.dead.Add(context.Background(), 1, metric.WithAttributes(attribute.String("collection", e.Collection)))
 		r.log.Error("event is a dead letter",
 			slog.String("collection", e.Collection), slog.String("id", e.EntityID),
