@@ -96,6 +96,7 @@ type claimResult struct {
 	full   bool // some partition had more work than the batch
 	err    error
 	took   time.Duration
+	gen    uint64
 }
 
 type repairItem struct {
@@ -119,6 +120,7 @@ type markResult struct {
 type hold struct {
 	until time.Time
 	refs  []ref
+	keys  []keyID
 }
 
 // worker is the relay's pipeline. One goroutine owns all of its state; the
@@ -140,6 +142,13 @@ type worker struct {
 
 	claiming, wantClaim, more bool
 	claimPause                time.Time
+	// claimGen numbers the claims. released[k] is the newest claim that may
+	// have been in flight when entries of key k went back to being claimable
+	// (a park or hold ended, a queue closed): such a claim left those entries
+	// out as in-progress but may hold later ones of k, so its rows of k are
+	// dropped and claimed again in order.
+	claimGen uint64
+	released map[keyID]uint64
 
 	repairQ     []repairItem
 	repairing   bool
@@ -178,6 +187,7 @@ func (r *Relay) work() {
 		tracked:  map[int64]trackCount{},
 		keys:     map[keyID]*keyQueue{},
 		parked:   map[keyID]*parkedKey{},
+		released: map[keyID]uint64{},
 		markBuf:  map[int64]*markItem{},
 		claimCh:  make(chan claimResult, 1),
 		repairCh: make(chan repairResult, 1),
@@ -305,6 +315,8 @@ func (w *worker) startClaim(now time.Time) {
 		exclude = append(exclude, seq)
 	}
 	w.claiming = true
+	w.claimGen++
+	gen := w.claimGen
 	perPart := r.cfg.BatchPerPartition
 	go func() {
 		began := time.Now()
@@ -312,7 +324,7 @@ func (w *worker) startClaim(now time.Time) {
 		if err == nil {
 			r.checkCache(rows)
 		}
-		res := claimResult{rows: rows, epochs: epochs, err: err, took: time.Since(began)}
+		res := claimResult{rows: rows, epochs: epochs, err: err, took: time.Since(began), gen: gen}
 		n := 0
 		for i, c := range rows {
 			if i > 0 && c.Partition != rows[i-1].Partition {
@@ -385,6 +397,10 @@ func (w *worker) onClaim(res claimResult) {
 			continue
 		}
 		k := keyID{c.Collection, c.EntityID}
+		if g, ok := w.released[k]; ok && res.gen <= g {
+			w.wantClaim = true // an earlier entry of k may be missing here
+			continue
+		}
 		if p := w.parked[k]; p != nil {
 			x := ref{c.Seq, part, false}
 			w.track(x)
@@ -419,6 +435,11 @@ func (w *worker) onClaim(res claimResult) {
 			w.ready = append(w.ready, q)
 		}
 	}
+	for k, g := range w.released {
+		if g < res.gen {
+			delete(w.released, k)
+		}
+	}
 	if len(res.rows) > 0 {
 		r.log.Debug("claimed", slog.Int("entries", len(res.rows)), slog.Duration("took", res.took),
 			slog.Int("queued", w.queued), slog.Int("in_flight", w.inflight), slog.Int("busy", w.busyN))
@@ -428,6 +449,9 @@ func (w *worker) onClaim(res claimResult) {
 // closeQueue gives up a key's queued events (not the one in flight): they
 // are claimed again later.
 func (w *worker) closeQueue(q *keyQueue) {
+	if len(q.pending) > 0 {
+		w.release(q.k)
+	}
 	for _, e := range q.pending {
 		w.untrack(ref{e.Seq, q.part, true})
 	}
@@ -760,6 +784,7 @@ func (w *worker) onMark(res markResult) {
 			p := w.parked[keyID{f.e.Collection, f.e.EntityID}]
 			if p == nil {
 				h.refs = append(h.refs, x)
+				h.keys = append(h.keys, keyID{f.e.Collection, f.e.EntityID})
 				continue
 			}
 			p.marking = false
@@ -791,6 +816,7 @@ func (w *worker) onMark(res markResult) {
 				continue
 			}
 			w.untrack(x)
+			w.release(keyID{e.Collection, e.EntityID})
 			continue
 		}
 		w.untrack(x)
@@ -805,6 +831,10 @@ func (w *worker) onMark(res markResult) {
 	}
 }
 
+// release records that entries of k may be claimable again while a claim is
+// in flight.
+func (w *worker) release(k keyID) { w.released[k] = w.claimGen }
+
 // expire ends the parks and holds whose time has come; their entries are
 // claimed again.
 func (w *worker) expire(now time.Time) {
@@ -816,6 +846,7 @@ func (w *worker) expire(now time.Time) {
 			w.untrack(x)
 		}
 		delete(w.parked, k)
+		w.release(k)
 		w.wantClaim = true
 	}
 	kept := w.holds[:0]
@@ -826,6 +857,9 @@ func (w *worker) expire(now time.Time) {
 		}
 		for _, x := range h.refs {
 			w.untrack(x)
+		}
+		for _, k := range h.keys {
+			w.release(k)
 		}
 		w.wantClaim = true
 	}
@@ -888,6 +922,7 @@ func (w *worker) onRepair(res repairResult) {
 		h := hold{until: time.Now().Add(w.r.cfg.PollInterval)}
 		for _, it := range res.retry {
 			h.refs = append(h.refs, ref{it.c.Seq, int32(it.c.Partition), true})
+			h.keys = append(h.keys, keyID{it.c.Collection, it.c.EntityID})
 		}
 		w.holds = append(w.holds, h)
 	}
