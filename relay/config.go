@@ -69,7 +69,8 @@ type Config struct {
 	// relay's partitions are taken over within about LeaseTTL plus a fifth
 	// of it. Renewals run every LeaseTTL/5; a relay stops working a
 	// partition when less than 2/5 of LeaseTTL is left by its own clock.
-	// Default 5s.
+	// Default 3s, so that after a relay dies its keys' cache repairs and
+	// events resume within the 5 s convergence bound.
 	LeaseTTL time.Duration
 	// RepairGrace is how old a change whose synchronous cache write did not
 	// succeed must be before the relay repairs it. Keep it above the
@@ -124,7 +125,7 @@ func (c Config) withDefaults() (Config, error) {
 	c.MaxInFlight = cmp.Or(c.MaxInFlight, 4096)
 	c.BatchPerPartition = cmp.Or(c.BatchPerPartition, 256)
 	c.PollInterval = cmp.Or(c.PollInterval, 500*time.Millisecond)
-	c.LeaseTTL = cmp.Or(c.LeaseTTL, 5*time.Second)
+	c.LeaseTTL = cmp.Or(c.LeaseTTL, 3*time.Second)
 	c.RepairGrace = cmp.Or(c.RepairGrace, time.Second)
 	c.Retention = cmp.Or(c.Retention, 72*time.Hour)
 	c.HousekeepingInterval = cmp.Or(c.HousekeepingInterval, 5*time.Second)

@@ -23,7 +23,7 @@
 // names the relay's (partition, epoch) pairs and locks those lease rows FOR
 // SHARE: a relay that lost a lease cannot mark its entries, and a takeover
 // waits for a mark in progress. A dead or hung relay's partitions are taken
-// over after at most LeaseTTL plus one tick (about 6s by default).
+// over after at most LeaseTTL plus one tick (about 3.6s by default).
 //
 // # Pipeline
 //
