@@ -14,9 +14,12 @@ import (
 )
 
 // InstrumentPool makes every statement of a pool built from pc a span (and
-// records query durations): pass it as pg.Config.Tweak. Spans carry the SQL
+// records query durations) when tracing is on: pass it as pg.Config.Tweak. Spans carry the SQL
 // text, never its arguments.
 func (t *Telemetry) InstrumentPool(pc *pgxpool.Config) {
+	if !t.Tracing {
+		return // no spans wanted: keep the query path bare
+	}
 	pc.ConnConfig.Tracer = otelpgx.NewTracer(
 		otelpgx.WithTracerProvider(t.TracerProvider),
 		otelpgx.WithMeterProvider(t.MeterProvider),
@@ -32,9 +35,13 @@ func (t *Telemetry) InstrumentPoolStats(pool *pgxpool.Pool) error {
 	return nil
 }
 
-// InstrumentRedis makes every Redis command and pipeline a span. Command
+// InstrumentRedis makes every Redis command and pipeline a span when tracing
+// is on. Command
 // arguments (cache contents) are left out of the spans.
 func (t *Telemetry) InstrumentRedis(rdb redis.UniversalClient) error {
+	if !t.Tracing {
+		return nil // no spans wanted: keep the cache path bare
+	}
 	err := redisotel.InstrumentTracing(rdb,
 		redisotel.WithTracerProvider(t.TracerProvider),
 		redisotel.WithDBStatement(false),
