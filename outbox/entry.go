@@ -107,6 +107,13 @@ INSERT INTO outbox (event_id, part, collection, entity_id, version, op, data, co
 SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::jsonb[], $8::timestamptz[], $9::text[], $10::text[])
 RETURNING seq, event_id`
 
+// insertOneSQL is insertSQL for the common single change: plain parameters
+// cost less to encode and plan than ten one-element arrays.
+const insertOneSQL = `
+INSERT INTO outbox (event_id, part, collection, entity_id, version, op, data, committed_at, traceparent, tracestate)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+RETURNING seq`
+
 // Insert writes entries inside tx and sets their Seq. It fills in a missing
 // EventID (UUIDv7) and Partition.
 func Insert(ctx context.Context, tx pgx.Tx, entries []*Entry) error {
@@ -124,6 +131,9 @@ func QueueInsert(b *pgx.Batch, entries []*Entry) error {
 	n := len(entries)
 	if n == 0 {
 		return nil
+	}
+	if n == 1 {
+		return queueInsertOne(b, entries[0])
 	}
 	ids := make([]uuid.UUID, n)
 	parts := make([]int32, n)
@@ -174,6 +184,36 @@ func QueueInsert(b *pgx.Batch, entries []*Entry) error {
 		}
 		return nil
 	})
+	return nil
+}
+
+func queueInsertOne(b *pgx.Batch, e *Entry) error {
+	if e.EventID == uuid.Nil {
+		id, err := uuid.NewV7()
+		if err != nil {
+			return fmt.Errorf("new event id: %w", err)
+		}
+		e.EventID = id
+	}
+	e.Partition = PartitionOf(e.Collection, e.EntityID)
+	var data, tp, ts *string
+	if e.Data != nil {
+		d := string(e.Data)
+		data = &d
+	}
+	if e.Traceparent != "" {
+		tp = &e.Traceparent
+	}
+	if e.Tracestate != "" {
+		ts = &e.Tracestate
+	}
+	b.Queue(insertOneSQL, e.EventID, int32(e.Partition), e.Collection, e.EntityID, e.Version, string(e.Op), data, e.CommittedAt, tp, ts).
+		QueryRow(func(row pgx.Row) error {
+			if err := row.Scan(&e.Seq); err != nil {
+				return fmt.Errorf("insert outbox entry: %w", err)
+			}
+			return nil
+		})
 	return nil
 }
 
