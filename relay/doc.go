@@ -93,5 +93,5 @@
 // lease_log closed) and waits for every goroutine; it is idempotent.
 //
 // Built with the tag chaos, the relay can kill its own process at
-// "relay-after-publish" and "relay-after-repair" (see crashpoint_chaos.go).
+// "relay-after-publish" and "relay-after-repair" (see internal/crashpoint).
 package relay

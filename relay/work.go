@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/writethrough/writethrough/internal/cloudevent"
+	"github.com/writethrough/writethrough/internal/crashpoint"
 	"github.com/writethrough/writethrough/internal/fence"
 	"github.com/writethrough/writethrough/outbox"
 )
@@ -707,7 +708,7 @@ func (w *worker) startMark() {
 				}
 			}
 			if pub {
-				crashpoint("relay-after-publish")
+				crashpoint.Hit("relay-after-publish")
 			}
 			began := time.Now()
 			_, res.markErr = outbox.MarkDone(ctx, r.pool, outbox.NewHeld(r.cfg.ID, leases), done)
@@ -994,7 +995,7 @@ func (r *Relay) repair(ctx context.Context, items []repairItem) repairResult {
 		r.metrics.repairs.Add(ctx, applied)
 	}
 	if len(res.done) > 0 {
-		crashpoint("relay-after-repair")
+		crashpoint.Hit("relay-after-repair")
 	}
 	return res
 }

@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 
+	"github.com/writethrough/writethrough/internal/crashpoint"
 	"github.com/writethrough/writethrough/internal/fence"
 	"github.com/writethrough/writethrough/outbox"
 )
@@ -208,14 +209,14 @@ func (w *Writer) do(ctx context.Context, fn func(Tx) error) (Result, error) {
 	if err != nil {
 		return Result{}, classify(err)
 	}
-	crashpoint("writer-after-commit")
+	crashpoint.Hit("writer-after-commit")
 	res := Result{Changes: t.changes, CacheWrite: w.writeCache(ctx, t)}
 	// Wake the relays once the cache write is done, so they usually find the
 	// cache already holding the version and need no repair.
 	if len(t.entries) > 0 {
 		w.waker.poke()
 	}
-	crashpoint("writer-after-cache")
+	crashpoint.Hit("writer-after-cache")
 	return res, nil
 }
 

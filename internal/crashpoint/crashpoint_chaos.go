@@ -1,6 +1,6 @@
 //go:build chaos
 
-package relay
+package crashpoint
 
 import (
 	"math/rand/v2"
@@ -10,14 +10,6 @@ import (
 	"syscall"
 )
 
-// Crash points:
-//
-//	relay-after-publish  events acknowledged by JetStream, not yet marked
-//	relay-after-repair   cache repaired, entries not yet marked
-//
-// WT_CRASHPOINT names the point (or "*" for every point);
-// WT_CRASHPOINT_PROB is the chance per pass (default 1); WT_CRASHPOINT_SEED
-// seeds the draw (default random). The process kills itself with SIGKILL.
 var crashRand = sync.OnceValue(func() *rand.Rand {
 	seed, err := strconv.ParseUint(os.Getenv("WT_CRASHPOINT_SEED"), 10, 64)
 	if err != nil {
@@ -28,7 +20,9 @@ var crashRand = sync.OnceValue(func() *rand.Rand {
 
 var crashMu sync.Mutex
 
-func crashpoint(name string) {
+// Hit kills the process when WT_CRASHPOINT names this point and the draw
+// allows it.
+func Hit(name string) {
 	want := os.Getenv("WT_CRASHPOINT")
 	if want == "" || (want != name && want != "*") {
 		return
