@@ -39,6 +39,11 @@ func newMetrics(mp metric.MeterProvider) (*metrics, error) {
 		metric.WithDescription("Failed publish attempts scheduled for a retry."), metric.WithUnit("{event}")); err != nil {
 		return nil, err
 	}
+	// Export the counters from the start, at zero, so an alert on their rate
+	// has a series before the first failure.
+	for _, c := range []metric.Int64Counter{m.published, m.dead, m.repairs, m.retries} {
+		c.Add(context.Background(), 0)
+	}
 	lag, err := meter.Float64ObservableGauge("writethrough.outbox.lag",
 		metric.WithDescription("Age of the oldest outbox entry whose event waits for publishing."), metric.WithUnit("s"))
 	if err != nil {

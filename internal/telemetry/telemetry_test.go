@@ -356,4 +356,7 @@ func TestTelemetryMetricsAfterWorkload(t *testing.T) {
 	require.GreaterOrEqual(t, sum(m, "writethrough_outbox_lag_seconds", ""), 0.0)
 	require.GreaterOrEqual(t, sum(m, "writethrough_relay_events_published_total", ""), 5.0)
 	require.EqualValues(t, 1, sum(m, "writethrough_outbox_dead", ""))
+	// The oversized event is poison (dead at once), not a retry.
+	require.Contains(t, m, "writethrough_relay_publish_retries_total")
+	require.Zero(t, sum(m, "writethrough_relay_publish_retries_total", ""))
 }
