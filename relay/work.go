@@ -81,6 +81,10 @@ type markItem struct {
 	part       int32
 	epoch      int64
 	pub, cache bool
+	// settle: the cache was seen holding this version when the event was
+	// claimed; the mark settles the cache state without a repair (and
+	// carries no ref of its own).
+	settle bool
 }
 
 // failItem is a failed attempt waiting to be recorded.
@@ -122,6 +126,8 @@ type hold struct {
 	until time.Time
 	refs  []ref
 	keys  []keyID
+	// cache: the refs are repair refs (see worker.openCache).
+	cache bool
 }
 
 // worker is the relay's pipeline. One goroutine owns all of its state; the
@@ -150,6 +156,11 @@ type worker struct {
 	// dropped and claimed again in order.
 	claimGen uint64
 	released map[keyID]uint64
+	// openCache holds the entries whose repair (and its cache mark) is in
+	// progress while their event is still unpublished. That repair ref does
+	// not keep the entry out of claims: the entry must still come back for
+	// publishing in its key's order, or a later version would go out first.
+	openCache map[int64]bool
 
 	repairQ     []repairItem
 	repairing   bool
@@ -184,15 +195,16 @@ var traceContext propagation.TraceContext
 // publish acknowledged or failed, and marked) or until the hard stop.
 func (r *Relay) work() {
 	w := &worker{
-		r:        r,
-		tracked:  map[int64]trackCount{},
-		keys:     map[keyID]*keyQueue{},
-		parked:   map[keyID]*parkedKey{},
-		released: map[keyID]uint64{},
-		markBuf:  map[int64]*markItem{},
-		claimCh:  make(chan claimResult, 1),
-		repairCh: make(chan repairResult, 1),
-		markCh:   make(chan markResult, 1),
+		r:         r,
+		tracked:   map[int64]trackCount{},
+		keys:      map[keyID]*keyQueue{},
+		parked:    map[keyID]*parkedKey{},
+		released:  map[keyID]uint64{},
+		openCache: map[int64]bool{},
+		markBuf:   map[int64]*markItem{},
+		claimCh:   make(chan claimResult, 1),
+		repairCh:  make(chan repairResult, 1),
+		markCh:    make(chan markResult, 1),
 	}
 	w.wantClaim = true
 	poll := time.NewTicker(r.cfg.PollInterval)
@@ -251,7 +263,7 @@ func (w *worker) stop() {
 	}
 	w.ready = nil
 	for _, it := range w.repairQ {
-		w.untrack(ref{it.c.Seq, int32(it.c.Partition), true})
+		w.untrackCache(ref{it.c.Seq, int32(it.c.Partition), true})
 	}
 	w.repairQ = nil
 }
@@ -313,7 +325,9 @@ func (w *worker) startClaim(now time.Time) {
 	}
 	exclude := make([]int64, 0, len(w.tracked))
 	for seq := range w.tracked {
-		exclude = append(exclude, seq)
+		if w.excluded(seq) {
+			exclude = append(exclude, seq)
+		}
 	}
 	w.claiming = true
 	w.claimGen++
@@ -385,13 +399,16 @@ func (w *worker) onClaim(res claimResult) {
 	w.more = res.full
 	now := time.Now()
 	for _, c := range res.rows {
-		if _, dup := w.tracked[c.Seq]; dup {
+		if w.excluded(c.Seq) {
 			continue // excluded by the claim; cannot happen
 		}
 		part := int32(c.Partition)
 		epoch := res.epochs[part]
-		if c.RepairDue {
+		if _, repairing := w.tracked[c.Seq]; c.RepairDue && !repairing {
 			w.track(ref{c.Seq, part, true})
+			if c.PublishPending {
+				w.openCache[c.Seq] = true
+			}
 			w.repairQ = append(w.repairQ, repairItem{c, epoch})
 		}
 		if !c.PublishPending {
@@ -600,7 +617,10 @@ func (w *worker) onResult(res result) {
 		return
 	}
 	w.lastAck = time.Now()
-	w.addMark(f.e.Seq, q.part, q.epoch, true, f.e.CacheHeld)
+	w.addMark(f.e.Seq, q.part, q.epoch, true, false)
+	if f.e.CacheHeld {
+		w.markBuf[f.e.Seq].settle = true
+	}
 	w.r.metrics.published.Add(context.Background(), 1)
 	w.advance(q)
 }
@@ -700,7 +720,7 @@ func (w *worker) startMark() {
 			seen := map[outbox.Lease]bool{}
 			pub := false
 			for i, it := range items {
-				done[i] = outbox.Done{Seq: it.seq, Published: it.pub, Cached: it.cache}
+				done[i] = outbox.Done{Seq: it.seq, Published: it.pub, Cached: it.cache || it.settle}
 				pub = pub || it.pub
 				if l := (outbox.Lease{Part: it.part, Epoch: it.epoch}); !seen[l] {
 					seen[l] = true
@@ -754,7 +774,7 @@ func (w *worker) onMark(res markResult) {
 				if cur.pub && it.pub || cur.cache && it.cache {
 					w.untrack(ref{it.seq, it.part, true})
 				}
-				cur.pub, cur.cache = cur.pub || it.pub, cur.cache || it.cache
+				cur.pub, cur.cache, cur.settle = cur.pub || it.pub, cur.cache || it.cache, cur.settle || it.settle
 				continue
 			}
 			w.markBuf[it.seq] = it
@@ -765,7 +785,7 @@ func (w *worker) onMark(res markResult) {
 				w.untrack(ref{it.seq, it.part, true})
 			}
 			if it.cache {
-				w.untrack(ref{it.seq, it.part, true})
+				w.untrackCache(ref{it.seq, it.part, true})
 			}
 		}
 	}
@@ -832,6 +852,25 @@ func (w *worker) onMark(res markResult) {
 	}
 }
 
+// excluded reports whether seq has a ref that keeps it out of claims:
+// any ref but an open repair ref.
+func (w *worker) excluded(seq int64) bool {
+	t, ok := w.tracked[seq]
+	if !ok {
+		return false
+	}
+	if w.openCache[seq] {
+		return t.n > 1
+	}
+	return t.n > 0
+}
+
+// untrackCache drops the repair ref of seq.
+func (w *worker) untrackCache(x ref) {
+	w.untrack(x)
+	delete(w.openCache, x.seq)
+}
+
 // release records that entries of k may be claimable again while a claim is
 // in flight.
 func (w *worker) release(k keyID) { w.released[k] = w.claimGen }
@@ -857,7 +896,11 @@ func (w *worker) expire(now time.Time) {
 			continue
 		}
 		for _, x := range h.refs {
-			w.untrack(x)
+			if h.cache {
+				w.untrackCache(x)
+			} else {
+				w.untrack(x)
+			}
 		}
 		for _, k := range h.keys {
 			w.release(k)
@@ -920,7 +963,7 @@ func (w *worker) onRepair(res repairResult) {
 		w.addMark(it.c.Seq, int32(it.c.Partition), it.epoch, false, true)
 	}
 	if len(res.retry) > 0 {
-		h := hold{until: time.Now().Add(w.r.cfg.PollInterval)}
+		h := hold{until: time.Now().Add(w.r.cfg.PollInterval), cache: true}
 		for _, it := range res.retry {
 			h.refs = append(h.refs, ref{it.c.Seq, int32(it.c.Partition), true})
 			h.keys = append(h.keys, keyID{it.c.Collection, it.c.EntityID})
