@@ -59,7 +59,9 @@ func TestRedisOutageConverges(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		last := map[string]int64{}
-		for ctx.Err() == nil {
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		for ; ctx.Err() == nil; <-tick.C {
 			for _, k := range keys {
 				c, ok, err := f.Get(ctx, k.c, k.id)
 				if err != nil || !ok {
@@ -70,7 +72,6 @@ func TestRedisOutageConverges(t *testing.T) {
 				}
 				last[k.id] = c.Version
 			}
-			time.Sleep(2 * time.Millisecond)
 		}
 	}()
 	t.Cleanup(func() { cancel(); wg.Wait() })

@@ -15,6 +15,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
+
+	"github.com/writethrough/writethrough/internal/testenv"
 )
 
 // freePort returns a loopback port nobody listens on.
@@ -42,18 +44,13 @@ func (s *server) start() {
 	require.NoError(s.t, cmd.Start())
 	s.cmd = cmd
 	addr := "127.0.0.1:" + strconv.Itoa(s.port)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testenv.Eventually(s.t, 10*time.Second, func() bool {
 		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
 		if err == nil {
 			c.Close()
-			return
 		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("%s did not listen on %s", s.name, addr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil
+	}, "%s did not listen on %s", s.name, addr)
 }
 
 func (s *server) stop() {
@@ -105,20 +102,12 @@ func closeRedis(t testing.TB, rdb *redis.Client) {
 	require.NoError(t, rdb.Close())
 	const dialer = "go-redis/v9/internal/pool.(*ConnPool).tryDial"
 	buf := make([]byte, 1<<20)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testenv.Eventually(t, 5*time.Second, func() bool {
 		n := runtime.Stack(buf, true)
-		if n == len(buf) {
+		for n == len(buf) {
 			buf = make([]byte, 2*len(buf))
-			continue
+			n = runtime.Stack(buf, true)
 		}
-		if !bytes.Contains(buf[:n], []byte(dialer)) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("the closed Redis client's background dialer did not end")
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return !bytes.Contains(buf[:n], []byte(dialer))
+	}, "the closed Redis client's background dialer did not end")
 }
