@@ -31,11 +31,12 @@ test: ## prepare the test services and run every test
 	@$(GO) build -o bin/testsum ./deploy/testsum
 	$(GO) test -json -count=1 -timeout 20m $(TESTFLAGS) $(PKGS) | bin/testsum
 
+# The relay's latency benchmark runs on its own, before the drain, which
+# leaves 200k rows to drop and vacuum.
 bench: ## compare the write path and cache-hit reads with pgbench and a bare HMGET handler
 	@deploy/services.sh test
 	@command -v pgbench >/dev/null 2>&1 || { echo "bench: pgbench not found: install it (apt-get install postgresql-contrib or postgresql-client)" >&2; exit 1; }
 	$(GO) run ./bench -duration $(BENCHTIME) $(BENCHFLAGS)
-	# Latency first, on its own: the drain leaves 200k rows to drop and vacuum.
 	WT_BENCH=1 $(GO) test -count=1 -run TestBenchLatency -v ./relay/
 	WT_BENCH=1 $(GO) test -count=1 -run TestBenchDrain -v ./relay/
 
