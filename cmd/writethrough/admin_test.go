@@ -474,7 +474,7 @@ func TestEventsTailFromNow(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	var out syncBuffer
+	var out testenv.SyncBuffer
 	done := make(chan int, 1)
 	go func() {
 		var errOut bytes.Buffer
@@ -556,21 +556,4 @@ func TestOutboxReplayCacheDuringWrites(t *testing.T) {
 	b.jsonCmd(t, &rep, "outbox", "replay", "--cache", "--collection", "hot")
 	require.EqualValues(t, keys, rep.Cache.Applied)
 	b.verify(t, exitOK)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -2,14 +2,12 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,25 +15,6 @@ import (
 
 	"github.com/writethrough/writethrough/internal/testenv"
 )
-
-// logBuffer is a bytes.Buffer safe for a command writing while the test
-// reads.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *logBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *logBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func serveVars(env *testenv.Env) map[string]string {
 	return map[string]string{
@@ -52,7 +31,7 @@ func serveVars(env *testenv.Env) map[string]string {
 }
 
 // listeningAddr waits for the "listening" log line and returns its address.
-func listeningAddr(t *testing.T, stderr *logBuffer, exited <-chan int) string {
+func listeningAddr(t *testing.T, stderr *testenv.SyncBuffer, exited <-chan int) string {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -84,7 +63,7 @@ func TestServeGracefulShutdown(t *testing.T) {
 	vars := serveVars(env)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr logBuffer
+	var stdout, stderr testenv.SyncBuffer
 	exited := make(chan int, 1)
 	go func() {
 		exited <- run(ctx, []string{"serve", "--shutdown-timeout=20s"}, func(k string) string { return vars[k] }, &stdout, &stderr)
@@ -184,7 +163,7 @@ func TestServeUnmigratedDatabase(t *testing.T) {
 	env := testenv.New(t)
 	vars := serveVars(env)
 	vars["WT_DB_SCHEMA"] = testenv.Name("wt_unmigrated_")
-	var stdout, stderr logBuffer
+	var stdout, stderr testenv.SyncBuffer
 	code := run(context.Background(), []string{"serve", "--relay=false"}, func(k string) string { return vars[k] }, &stdout, &stderr)
 	require.Equal(t, exitFail, code, stderr.String())
 	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
@@ -210,7 +189,7 @@ func TestServeBadConfiguration(t *testing.T) {
 		for k, v := range c.vars {
 			vars[k] = v
 		}
-		var stdout, stderr logBuffer
+		var stdout, stderr testenv.SyncBuffer
 		code := run(context.Background(), append([]string{"serve"}, c.args...), func(k string) string { return vars[k] }, &stdout, &stderr)
 		require.Equal(t, exitUsage, code, stderr.String())
 		require.Contains(t, stderr.String(), c.want)

@@ -1,7 +1,6 @@
 package telemetry_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,26 +28,8 @@ import (
 	"github.com/writethrough/writethrough/writer"
 )
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestTelemetryLogsCarryTraceIDs(t *testing.T) {
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	exp := tracetest.NewInMemoryExporter()
 	tel, err := telemetry.Setup(context.Background(), telemetry.Config{LogLevel: "info", LogOutput: &logs, SpanExporter: exp})
 	require.NoError(t, err)
