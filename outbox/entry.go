@@ -114,16 +114,6 @@ INSERT INTO outbox (event_id, part, collection, entity_id, version, op, data, co
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 RETURNING seq`
 
-// Insert writes entries inside tx and sets their Seq. It fills in a missing
-// EventID (UUIDv7) and Partition.
-func Insert(ctx context.Context, tx pgx.Tx, entries []*Entry) error {
-	b := &pgx.Batch{}
-	if err := QueueInsert(b, entries); err != nil {
-		return err
-	}
-	return tx.SendBatch(ctx, b).Close()
-}
-
 // QueueInsert queues the insert of entries on b, so the writer can send it in
 // one round trip with its COMMIT; Seq is set when the batch's results are
 // read. It fills in a missing EventID (UUIDv7) and Partition.
