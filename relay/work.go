@@ -668,7 +668,7 @@ func (w *worker) failed(q *keyQueue, e *outbox.Claimed, err error, poison, outag
 	dead := poison || attempt >= r.cfg.MaxAttempts
 	delay := r.retryDelay(attempt)
 	w.fails = append(w.fails, failItem{e: e, part: q.part, epoch: q.epoch,
-		f: outbox.Failure{Seq: e.Seq, Err: err.Error(), Dead: dead, Retry: delay}})
+		f: outbox.Failure{Seq: e.Seq, Part: q.part, Err: err.Error(), Dead: dead, Retry: delay}})
 	// The key waits until the attempt is recorded: a dead letter lets it move
 	// on only once the database says so, since a failed record leaves the
 	// entry pending and it would be published again after later versions.
@@ -720,7 +720,7 @@ func (w *worker) startMark() {
 			seen := map[outbox.Lease]bool{}
 			pub := false
 			for i, it := range items {
-				done[i] = outbox.Done{Seq: it.seq, Published: it.pub, Cached: it.cache || it.settle}
+				done[i] = outbox.Done{Seq: it.seq, Part: it.part, Published: it.pub, Cached: it.cache || it.settle}
 				pub = pub || it.pub
 				if l := (outbox.Lease{Part: it.part, Epoch: it.epoch}); !seen[l] {
 					seen[l] = true

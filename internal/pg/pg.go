@@ -35,6 +35,13 @@ func Open(ctx context.Context, cfg Config) (*pgxpool.Pool, error) {
 		return nil, fmt.Errorf("DATABASE_URL is not a valid Postgres URL")
 	}
 	pc.ConnConfig.RuntimeParams["search_path"] = cfg.Schema
+	// Every statement of ours is short and indexed, but a relay's claim
+	// over many partitions has an estimated cost above jit_above_cost, and
+	// compiling it took longer than running it. The URL may still turn JIT
+	// on (options=-c jit=on).
+	if _, set := pc.ConnConfig.RuntimeParams["jit"]; !set {
+		pc.ConnConfig.RuntimeParams["jit"] = "off"
+	}
 	switch {
 	case cfg.MaxConns > 0:
 		pc.MaxConns = cfg.MaxConns
