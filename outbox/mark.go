@@ -64,7 +64,7 @@ func MarkDone(ctx context.Context, db DB, h Held, done []Done) (int64, error) {
 type Failure struct {
 	Seq  int64
 	Part int32
-	Err string
+	Err  string
 	// Retry is when to try again; ignored when Dead.
 	Retry time.Duration
 	// Dead turns the entry into a dead letter: the key moves on.
