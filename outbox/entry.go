@@ -29,7 +29,45 @@ const (
 const TimeFormat = "2006-01-02T15:04:05.000000Z"
 
 // FormatTime writes t in TimeFormat.
-func FormatTime(t time.Time) string { return t.UTC().Format(TimeFormat) }
+func FormatTime(t time.Time) string {
+	return string(AppendTime(make([]byte, 0, len(TimeFormat)), t))
+}
+
+// AppendTime appends t in TimeFormat. It writes the digits itself:
+// time.Format parses its layout on every call, and every event and cache
+// write formats a time.
+func AppendTime(b []byte, t time.Time) []byte {
+	t = t.UTC()
+	year, month, day := t.Date()
+	hour, minute, sec := t.Clock()
+	if year < 0 || year > 9999 {
+		return t.AppendFormat(b, TimeFormat)
+	}
+	b = appendDigits(b, year, 4)
+	b = append(b, '-')
+	b = appendDigits(b, int(month), 2)
+	b = append(b, '-')
+	b = appendDigits(b, day, 2)
+	b = append(b, 'T')
+	b = appendDigits(b, hour, 2)
+	b = append(b, ':')
+	b = appendDigits(b, minute, 2)
+	b = append(b, ':')
+	b = appendDigits(b, sec, 2)
+	b = append(b, '.')
+	b = appendDigits(b, t.Nanosecond()/1000, 6)
+	return append(b, 'Z')
+}
+
+// appendDigits appends v, zero-padded to width digits (v >= 0).
+func appendDigits(b []byte, v, width int) []byte {
+	var buf [8]byte
+	for i := width - 1; i >= 0; i-- {
+		buf[i] = byte('0' + v%10)
+		v /= 10
+	}
+	return append(b, buf[:width]...)
+}
 
 // PartitionOf returns the partition of an entity key.
 func PartitionOf(collection, id string) int {
@@ -104,7 +142,7 @@ func appendJSONString(b []byte, s string) []byte {
 
 const insertSQL = `
 INSERT INTO outbox (event_id, part, collection, entity_id, version, op, data, committed_at, traceparent, tracestate)
-SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::jsonb[], $8::timestamptz[], $9::text[], $10::text[])
+SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::json[], $8::timestamptz[], $9::text[], $10::text[])
 RETURNING seq, event_id`
 
 // insertOneSQL is insertSQL for the common single change: plain parameters

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"sync"
@@ -79,6 +80,13 @@ func TestBenchDrain(t *testing.T) {
 	cfg := b.config(nil)
 	cfg.RepairGrace = time.Second
 	start = time.Now()
+	// WT_BENCH_PROFILE=file writes a CPU profile of the drain alone.
+	if pf := os.Getenv("WT_BENCH_PROFILE"); pf != "" {
+		f, err := os.Create(pf)
+		require.NoError(t, err)
+		require.NoError(t, pprof.StartCPUProfile(f))
+		defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
+	}
 	b.start(t, cfg)
 	// Watch for the end with a statement that stops at the first due
 	// entry: counting the due entries reads all of them, and at 200k that

@@ -1,0 +1,35 @@
+package outbox
+
+import (
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+// FormatTime writes its digits itself; it must agree with time.Format.
+func TestFormatTimeMatchesLayout(t *testing.T) {
+	times := []time.Time{
+		time.Unix(0, 0),
+		time.Date(2026, 12, 31, 23, 59, 59, 999999999, time.UTC),
+		time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(9999, 12, 31, 23, 59, 59, 999999000, time.UTC),
+		time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(2026, 3, 29, 1, 30, 0, 123456789, time.FixedZone("x", 5*3600+1800)),
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 10000 {
+		times = append(times, time.Unix(r.Int64N(1<<36), r.Int64N(1e9)))
+	}
+	for _, tm := range times {
+		if got, want := FormatTime(tm), tm.UTC().Format(TimeFormat); got != want {
+			t.Fatalf("FormatTime(%v) = %q, want %q", tm, got, want)
+		}
+	}
+}
+
+func BenchmarkFormatTime(b *testing.B) {
+	tm := time.Now()
+	for b.Loop() {
+		_ = FormatTime(tm)
+	}
+}
