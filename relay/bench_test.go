@@ -43,43 +43,25 @@ func TestBenchDrain(t *testing.T) {
 	changes, nkeys, _ := benchScale(t)
 	env := testenv.New(t)
 	b := setupWith(t, env, env.NATSURL, env.Fence)
-	ctx := context.Background()
 	fill(t, env, changes, nkeys)
 	entries := outboxEntries(t, env)
 	require.Len(t, entries, changes)
 
 	// Reference: publish the same messages, async, window 4096, to a
-	// stream of its own.
-	refStream, refPrefix := env.Stream+"_REF", env.SubjectPrefix+"ref"
-	_, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: refStream, Subjects: []string{refPrefix + ".>"}, Duplicates: 2 * time.Minute})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = b.js.DeleteStream(context.Background(), refStream) })
-	refJS, err := jetstream.New(b.nc, jetstream.WithPublishAsyncMaxPending(4096))
-	require.NoError(t, err)
-	msgs := make([]*nats.Msg, len(entries))
-	for i, e := range entries {
-		msgs[i] = cloudevent.Encode(e, "/bench", refPrefix)
+	// stream of its own. Its rate varies from run to run on a small
+	// machine, so it runs three times, each to a fresh stream (a stream
+	// that has seen the ids would drop them as duplicates), and the median
+	// counts.
+	var refDurs []time.Duration
+	for run := range 3 {
+		refDurs = append(refDurs, referenceDrain(t, b, entries, fmt.Sprintf("%s_REF%d", env.Stream, run), fmt.Sprintf("%sref%d", env.SubjectPrefix, run)))
 	}
-	start := time.Now()
-	var futures []jetstream.PubAckFuture
-	for _, m := range msgs {
-		f, err := refJS.PublishMsgAsync(m)
-		require.NoError(t, err)
-		futures = append(futures, f)
-	}
-	<-refJS.PublishAsyncComplete()
-	refDur := time.Since(start)
-	for _, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			t.Fatalf("reference publish: %v", err)
-		}
-	}
+	slices.Sort(refDurs)
+	refDur := refDurs[1]
 
 	cfg := b.config(nil)
 	cfg.RepairGrace = time.Second
-	start = time.Now()
+	start := time.Now()
 	// WT_BENCH_PROFILE=file writes a CPU profile of the drain alone.
 	if pf := os.Getenv("WT_BENCH_PROFILE"); pf != "" {
 		f, err := os.Create(pf)
@@ -103,6 +85,38 @@ func TestBenchDrain(t *testing.T) {
 	t.Logf("drain %d changes over %d keys (10%% repaired): relay %s = %.0f events/s; reference async publisher %s = %.0f events/s; ratio %.2f (target >= 0.4)",
 		changes, nkeys, relayDur.Round(time.Millisecond), relayRate, refDur.Round(time.Millisecond), refRate, relayRate/refRate)
 	fmt.Printf("BENCH drain: relay %.0f events/s, reference %.0f events/s, ratio %.2f\n", relayRate, refRate, relayRate/refRate)
+}
+
+// referenceDrain publishes the entries' events with a minimal async
+// JetStream publisher to a stream of its own and returns how long it took.
+func referenceDrain(t *testing.T, b *bundle, entries []*outbox.Entry, stream, prefix string) time.Duration {
+	ctx := context.Background()
+	_, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: stream, Subjects: []string{prefix + ".>"}, Duplicates: 2 * time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = b.js.DeleteStream(context.Background(), stream) })
+	refJS, err := jetstream.New(b.nc, jetstream.WithPublishAsyncMaxPending(4096))
+	require.NoError(t, err)
+	msgs := make([]*nats.Msg, len(entries))
+	for i, e := range entries {
+		msgs[i] = cloudevent.Encode(e, "/bench", prefix)
+	}
+	start := time.Now()
+	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
+	for _, m := range msgs {
+		f, err := refJS.PublishMsgAsync(m)
+		require.NoError(t, err)
+		futures = append(futures, f)
+	}
+	<-refJS.PublishAsyncComplete()
+	took := time.Since(start)
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			t.Fatalf("reference publish: %v", err)
+		}
+	}
+	return took
 }
 
 // anyDue reports whether some outbox entry still needs work.
