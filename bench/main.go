@@ -51,6 +51,7 @@ type options struct {
 	dbURL, redisURL  string
 	natsURL          string
 	bin              string
+	phases           map[string]bool
 }
 
 func main() {
@@ -68,7 +69,18 @@ func main() {
 	flag.StringVar(&o.bin, "bin", "", "a built writethrough binary to measure (default: build ./cmd/writethrough)")
 	flag.StringVar(&baselineAddr, "baseline-addr", "", "internal: serve the bare HMGET handler on this address")
 	flag.StringVar(&baselineKey, "baseline-key", "", "internal: the Redis key the bare handler reads")
+	phases := flag.String("phases", "put8,put1,get", "the comparisons to run, of put8, put1 and get")
 	flag.Parse()
+	o.phases = map[string]bool{}
+	for _, p := range strings.Split(*phases, ",") {
+		switch p = strings.TrimSpace(p); p {
+		case "put8", "put1", "get":
+			o.phases[p] = true
+		default:
+			fmt.Fprintf(os.Stderr, "bench: unknown phase %q in -phases (want put8, put1 or get)\n", p)
+			os.Exit(2)
+		}
+	}
 
 	if baselineAddr != "" {
 		if err := serveBaseline(ctx, baselineAddr, o.redisURL, baselineKey); err != nil {
@@ -135,6 +147,9 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	var r report
 	// Each pair runs back to back so both sides see the same machine.
 	for _, clients := range []int{8, 1} {
+		if !o.phases["put"+strconv.Itoa(clients)] {
+			continue
+		}
 		if _, err := pg.run(ctx, clients, o.warmup); err != nil {
 			return err
 		}
@@ -158,8 +173,19 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		}
 	}
 
-	// Cache-hit reads of one key, written through the API.
-	hot := api.base + "/v1/" + collection + "/hot"
+	if o.phases["get"] {
+		if err := r.measureGet(ctx, o, dir, api.base, prefix, out); err != nil {
+			return err
+		}
+	}
+	r.print(out)
+	return nil
+}
+
+// measureGet compares cache-hit reads of one key, written through the API,
+// with the bare HMGET handler.
+func (r *report) measureGet(ctx context.Context, o options, dir, apiBase, prefix string, out io.Writer) error {
+	hot := apiBase + "/v1/" + collection + "/hot"
 	if err := warmKey(ctx, hot); err != nil {
 		return err
 	}
@@ -201,7 +227,6 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		}
 	}
 	r.get, r.bare = apiGet, bareRes
-	r.print(out)
 	return nil
 }
 

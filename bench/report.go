@@ -51,6 +51,9 @@ func (r report) ratios() []ratio {
 func (r report) print(w io.Writer) {
 	fmt.Fprintf(w, "\n%-30s %-18s %-22s %-7s %s\n", "", "API", "floor", "ratio", "target")
 	for _, x := range r.ratios() {
+		if x.value == 0 || x.value != x.value { // a phase that did not run
+			continue
+		}
 		op := "≥"
 		if !x.atLeast {
 			op = "≤"
