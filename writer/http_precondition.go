@@ -153,26 +153,36 @@ SELECT version FROM entities
 WHERE collection = $1 AND id = $2 AND NOT deleted
 FOR UPDATE`
 
-// conditions turns the preconditions into the writer's conditions inside tx.
-// The common forms map directly; a list of several tags, or If-None-Match
-// with tags, is evaluated against the locked row and pinned to its version.
-func (p preconditions) conditions(ctx context.Context, tx Tx, op, collection, id string) ([]Condition, error) {
+// withoutRead is conditions for the headers that need no read of the
+// entity's version; ok is false for the others.
+func (p preconditions) withoutRead(op string) (conds []Condition, ok bool, err error) {
 	if !p.any() {
-		return nil, nil
+		return nil, true, nil
 	}
 	im, inm := p.ifMatch, p.ifNoneMatch
 	switch {
 	case im.present && !im.any && len(im.strong) == 0:
-		return nil, ErrPrecondition // no tag can match
+		return nil, true, ErrPrecondition // no tag can match
 	case !inm.present && im.any:
-		return []Condition{IfExists()}, nil
+		return []Condition{IfExists()}, true, nil
 	case !inm.present && len(im.strong) == 1:
-		return []Condition{IfMatch(im.strong[0])}, nil
+		return []Condition{IfMatch(im.strong[0])}, true, nil
 	case !im.present && inm.any && op != opDelete:
-		return []Condition{IfAbsent()}, nil
+		return []Condition{IfAbsent()}, true, nil
 	case !im.present && len(inm.strong)+len(inm.weak) == 0:
-		return nil, nil // no tag can match, so none fails
+		return nil, true, nil // no tag can match, so none fails
 	}
+	return nil, false, nil
+}
+
+// conditions turns the preconditions into the writer's conditions inside tx.
+// The common forms map directly; a list of several tags, or If-None-Match
+// with tags, is evaluated against the locked row and pinned to its version.
+func (p preconditions) conditions(ctx context.Context, tx Tx, op, collection, id string) ([]Condition, error) {
+	if conds, ok, err := p.withoutRead(op); ok {
+		return conds, err
+	}
+	im, inm := p.ifMatch, p.ifNoneMatch
 	var cur int64
 	err := tx.QueryRow(ctx, lockVersionSQL, collection, id).Scan(&cur)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {

@@ -250,14 +250,22 @@ func (q *writeRequest) method() string {
 func (h *Handler) execute(ctx context.Context, q writeRequest, cl *claim) (a answer, committed bool, err error) {
 	var build func(CacheWrite) answer
 	var work func(Tx) error
+	var direct func() (Result, error)
 	switch q.op {
 	case opBatch:
 		build, work, err = h.batch(ctx, q)
 	default:
-		build, work, err = h.single(ctx, q)
+		build, work, direct, err = h.single(ctx, q)
 	}
 	if err != nil {
 		return problemFor(err).answer(), false, err
+	}
+	if direct != nil && cl == nil {
+		res, err := direct()
+		if err != nil {
+			return problemFor(err).answer(), false, err
+		}
+		return build(res.CacheWrite), true, nil
 	}
 	res, err := h.w.Do(ctx, func(tx Tx) error {
 		if err := work(tx); err != nil {
@@ -275,31 +283,50 @@ func (h *Handler) execute(ctx context.Context, q writeRequest, cl *claim) (a ans
 	return build(res.CacheWrite), true, nil
 }
 
-// single prepares a PUT, PATCH or DELETE of one entity.
-func (h *Handler) single(ctx context.Context, q writeRequest) (func(CacheWrite) answer, func(Tx) error, error) {
+// single prepares a PUT, PATCH or DELETE of one entity: work runs it in a
+// transaction, and direct, when not nil, runs it on its own (Writer.Put or
+// Writer.Delete, one round trip), which a PUT or DELETE can when its
+// preconditions need no read of the entity.
+func (h *Handler) single(ctx context.Context, q writeRequest) (build func(CacheWrite) answer, work func(Tx) error, direct func() (Result, error), err error) {
 	if q.keyErr != nil {
-		return nil, nil, q.keyErr
+		return nil, nil, nil, q.keyErr
 	}
 	if err := validateKey(q.collection, q.id); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if err := checkContentType(q.op, q.header); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	pre, err := parsePreconditions(q.header)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	// Checked before the transaction too, so bad input is a 400 even while
 	// Postgres is down.
 	switch {
 	case q.op == opPut && !json.Valid(q.body):
-		return nil, nil, invalid("data", "not a JSON value")
+		return nil, nil, nil, invalid("data", "not a JSON value")
 	case q.op == opPatch && !json.Valid(q.body):
-		return nil, nil, invalid("merge patch", "not a JSON value")
+		return nil, nil, nil, invalid("merge patch", "not a JSON value")
 	}
 	var ch Change
-	work := func(tx Tx) error {
+	if conds, ok, cerr := pre.withoutRead(q.op); ok && cerr == nil && q.op != opPatch {
+		direct = func() (Result, error) {
+			var res Result
+			var err error
+			if q.op == opPut {
+				res, err = h.w.Put(ctx, q.collection, q.id, q.body, conds...)
+			} else {
+				res, err = h.w.Delete(ctx, q.collection, q.id, conds...)
+			}
+			if err != nil {
+				return res, &keyError{collection: q.collection, id: q.id, err: err}
+			}
+			ch = res.Changes[0]
+			return res, nil
+		}
+	}
+	work = func(tx Tx) error {
 		conds, err := pre.conditions(ctx, tx, q.op, q.collection, q.id)
 		if err == nil {
 			switch q.op {
@@ -316,7 +343,7 @@ func (h *Handler) single(ctx context.Context, q writeRequest) (func(CacheWrite) 
 		}
 		return nil
 	}
-	build := func(cw CacheWrite) answer {
+	build = func(cw CacheWrite) answer {
 		a := answer{status: http.StatusOK, etag: string(appendETag(nil, ch.Version)), cacheWrite: cw}
 		switch {
 		case ch.Deleted:
@@ -330,5 +357,5 @@ func (h *Handler) single(ctx context.Context, q writeRequest) (func(CacheWrite) 
 		a.body = ch.Representation()
 		return a
 	}
-	return build, work, nil
+	return build, work, direct, nil
 }

@@ -53,3 +53,15 @@ RETURNING version, updated_at`
 const getSQL = `
 SELECT version, data::text, updated_at FROM entities
 WHERE collection = $1 AND id = $2`
+
+// outboxOfChangeSQL is the outbox entry of a change made by putSQL, putIfAbsentSQL,
+// replaceSQL or deleteSQL earlier in the same transaction, taken from the
+// entity row that change wrote. The row's xmin is the transaction's own id
+// exactly when that statement changed it, so a statement that changed
+// nothing (a failed precondition) records nothing. This lets a one-change
+// write send BEGIN, its change, this and COMMIT in one round trip.
+const outboxOfChangeSQL = `
+INSERT INTO outbox (event_id, part, collection, entity_id, version, op, data, committed_at, traceparent, tracestate)
+SELECT $1, $2, e.collection, e.id, e.version, $3, e.data::json, e.updated_at, $4, $5
+FROM entities AS e
+WHERE e.collection = $6 AND e.id = $7 AND e.xmin = pg_current_xact_id()::xid`

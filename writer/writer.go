@@ -188,6 +188,13 @@ func (w *Writer) Do(ctx context.Context, fn func(Tx) error) (Result, error) {
 }
 
 func (w *Writer) do(ctx context.Context, fn func(Tx) error) (Result, error) {
+	return w.commitWith(ctx, func() (*txn, error) { return w.attempt(ctx, fn) })
+}
+
+// commitWith runs attempt, again after a serialization failure or deadlock,
+// then writes the committed changes through to the cache and wakes the
+// relays.
+func (w *Writer) commitWith(ctx context.Context, attempt func() (*txn, error)) (Result, error) {
 	var t *txn
 	bo := backoff.WithContext(backoff.WithMaxRetries(&backoff.ExponentialBackOff{
 		InitialInterval:     5 * time.Millisecond,
@@ -200,7 +207,7 @@ func (w *Writer) do(ctx context.Context, fn func(Tx) error) (Result, error) {
 	}, uint64(w.maxAttempts-1)), ctx)
 	err := backoff.Retry(func() error {
 		var err error
-		t, err = w.attempt(ctx, fn)
+		t, err = attempt()
 		if err != nil && !IsRetryable(err) {
 			return backoff.Permanent(err)
 		}
@@ -425,11 +432,16 @@ func (t *txn) record(ch Change) Change {
 		op = outbox.OpDelete
 	}
 	e := &outbox.Entry{
-		Collection: ch.Collection, EntityID: ch.ID, Version: ch.Version, Op: op,
-		Data: ch.Data, CommittedAt: ch.UpdatedAt,
+		EventID: newEventID(), Collection: ch.Collection, EntityID: ch.ID, Op: op,
 		Traceparent: t.traceparent["traceparent"], Tracestate: t.traceparent["tracestate"],
 	}
-	e.EventID = newEventID()
+	return t.add(ch, e)
+}
+
+// add keeps a committed change and its outbox entry e, which gets the
+// change's version, data and time.
+func (t *txn) add(ch Change, e *outbox.Entry) Change {
+	e.Version, e.Data, e.CommittedAt = ch.Version, ch.Data, ch.UpdatedAt
 	ch.EventID = e.EventID.String()
 	t.entries = append(t.entries, e)
 	t.changes = append(t.changes, ch)

@@ -1,0 +1,154 @@
+package writer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/writethrough/writethrough/outbox"
+)
+
+// Put creates or replaces one entity on its own, as Do with a single
+// tx.Put would, with the same conditions and results; it costs one round
+// trip to Postgres instead of two, because nothing of the application's
+// runs between the change and the COMMIT.
+func (w *Writer) Put(ctx context.Context, collection, id string, data []byte, conds ...Condition) (Result, error) {
+	start := time.Now()
+	res, err := w.put(ctx, collection, id, data, conds)
+	w.metrics.recordWrite(ctx, start, res, err)
+	return res, err
+}
+
+// Delete deletes one entity on its own, as Do with a single tx.Delete
+// would, in one round trip to Postgres.
+func (w *Writer) Delete(ctx context.Context, collection, id string, conds ...Condition) (Result, error) {
+	start := time.Now()
+	res, err := w.delete(ctx, collection, id, conds)
+	w.metrics.recordWrite(ctx, start, res, err)
+	return res, err
+}
+
+func (w *Writer) put(ctx context.Context, collection, id string, data []byte, conds []Condition) (Result, error) {
+	if err := validateKey(collection, id); err != nil {
+		return Result{}, err
+	}
+	if err := validJSON("data", data); err != nil {
+		return Result{}, err
+	}
+	match, exists, absent := checkConds(conds)
+	if absent && (match != nil || exists) {
+		return Result{}, ErrPrecondition
+	}
+	c := oneChange{op: outbox.OpPut, noRows: ErrPrecondition}
+	switch {
+	case absent:
+		c.sql, c.args = putIfAbsentSQL, []any{collection, id, string(data)}
+	case match != nil || exists:
+		c.sql, c.args = replaceSQL, []any{collection, id, string(data), match}
+	default:
+		c.sql, c.args = putSQL, []any{collection, id, string(data)}
+	}
+	return w.commitWith(ctx, func() (*txn, error) { return w.attemptOne(ctx, collection, id, c) })
+}
+
+func (w *Writer) delete(ctx context.Context, collection, id string, conds []Condition) (Result, error) {
+	if err := validateKey(collection, id); err != nil {
+		return Result{}, err
+	}
+	match, _, absent := checkConds(conds)
+	if absent {
+		return Result{}, ErrPrecondition // see txn.Delete
+	}
+	c := oneChange{op: outbox.OpDelete, sql: deleteSQL, args: []any{collection, id, match}, noRows: ErrNotFound}
+	if len(conds) > 0 {
+		c.noRows = ErrPrecondition
+	}
+	return w.commitWith(ctx, func() (*txn, error) { return w.attemptOne(ctx, collection, id, c) })
+}
+
+// oneChange is the statement of a one-change write: one of the entity
+// statements of store.go, returning what txn.Put or txn.Delete scan.
+type oneChange struct {
+	op     outbox.Op
+	sql    string
+	args   []any
+	noRows error // the answer when the statement changed no row
+}
+
+// attemptOne sends BEGIN, the change, its outbox entry (outboxOfChangeSQL) and
+// COMMIT in one batch. A change that found no row to change commits an
+// empty transaction, outboxOfChangeSQL having recorded nothing.
+func (w *Writer) attemptOne(ctx context.Context, collection, id string, c oneChange) (*txn, error) {
+	conn, err := w.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	t := &txn{conn: conn, w: w, traceparent: traceparent(ctx), begun: true}
+	defer t.finish(ctx)
+
+	ch := Change{Collection: collection, ID: id, Deleted: c.op == outbox.OpDelete}
+	var text string
+	dest := []any{&ch.Version, &text, &ch.UpdatedAt, &ch.Created}
+	if ch.Deleted {
+		dest = []any{&ch.Version, &ch.UpdatedAt}
+	}
+	changed := false
+	e := &outbox.Entry{
+		EventID: newEventID(), Partition: outbox.PartitionOf(collection, id),
+		Collection: collection, EntityID: id, Op: c.op,
+		Traceparent: t.traceparent["traceparent"], Tracestate: t.traceparent["tracestate"],
+	}
+	var recorded int64
+	var tag pgconn.CommandTag
+	b := &pgx.Batch{}
+	b.Queue("begin")
+	b.Queue(c.sql, c.args...).QueryRow(func(row pgx.Row) error {
+		err := row.Scan(dest...)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil // commits nothing; answered below
+		}
+		changed = err == nil
+		return err
+	})
+	b.Queue(outboxOfChangeSQL, e.EventID, int32(e.Partition), string(c.op), nullable(e.Traceparent), nullable(e.Tracestate), collection, id).
+		Exec(func(ct pgconn.CommandTag) error {
+			recorded = ct.RowsAffected()
+			return nil
+		})
+	b.Queue("commit").Exec(func(ct pgconn.CommandTag) error {
+		tag = ct
+		return nil
+	})
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("%s %s/%s: %w", c.op, collection, id, err)
+	}
+	if tag.String() != "COMMIT" {
+		return nil, fmt.Errorf("commit: %w", pgx.ErrTxCommitRollback)
+	}
+	t.done = true
+	if !changed {
+		return nil, c.noRows
+	}
+	if recorded != 1 {
+		// Cannot happen while outboxOfChangeSQL's xmin test holds; were it ever to
+		// fail, say so rather than claim the change reached the outbox.
+		return nil, fmt.Errorf("%s %s/%s: committed without its outbox entry (recorded %d)", c.op, collection, id, recorded)
+	}
+	if !ch.Deleted {
+		ch.Data = json.RawMessage(text)
+	}
+	t.add(ch, e)
+	return t, nil
+}
+
+func nullable(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
