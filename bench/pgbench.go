@@ -12,11 +12,12 @@ import (
 	"time"
 )
 
-// pgbenchScript is one write as the writer issues it for a PUT: the entity
-// upsert (writer/store.go putSQL) and the outbox insert (outbox/entry.go
-// insertSQL, here in its single-row form) in one transaction. The writer
-// sends collection, id and data as parameters, and the outbox entry carries
-// what the upsert returned; -M prepared and \gset do the same here.
+// pgbenchScript is one write as the writer issues it for a PUT
+// (Writer.Put): BEGIN, the entity upsert (writer/store.go putSQL), the
+// outbox entry taken from the row it wrote (outboxOfChangeSQL) and COMMIT.
+// The writer sends the four in one round trip; pgbench, as a script does,
+// sends each and waits for its answer. Collection, id and data are
+// parameters in both (-M prepared here).
 const pgbenchScript = `\set id random(1, :keys)
 \set part :id % 64
 BEGIN;
@@ -25,10 +26,11 @@ VALUES (:collection, :id, 1, :body, false, true, clock_timestamp())
 ON CONFLICT (collection, id) DO UPDATE
 SET version = e.version + 1, data = excluded.data, deleted = false, created = e.deleted,
     updated_at = greatest(clock_timestamp(), e.updated_at + interval '1 microsecond')
-RETURNING version, data::text AS data, updated_at, created \gset
+RETURNING version, data::text, updated_at, created;
 INSERT INTO outbox (event_id, part, collection, entity_id, version, op, data, committed_at, traceparent, tracestate)
-VALUES (gen_random_uuid(), :part, :collection, :id, :version, 'put', :data, :updated_at, NULL, NULL)
-RETURNING seq, event_id;
+SELECT gen_random_uuid(), :part, e.collection, e.id, e.version, 'put', e.data::json, e.updated_at, NULL, NULL
+FROM entities AS e
+WHERE e.collection = :collection AND e.id = :id AND e.xmin = pg_current_xact_id()::xid;
 COMMIT;
 `
 
