@@ -249,11 +249,57 @@ func queueInsertOne(b *pgx.Batch, e *Entry) error {
 // the commit, in its own statement: a NOTIFY inside the writing transaction
 // would take Postgres's global notify lock through the commit and serialize
 // every writer's WAL flush.
-const notifySQL = `SELECT pg_notify(current_schema() || '_outbox', '')`
+//
+// The payload names the partitions that have new entries, as a PartSet in
+// 16 hexadecimal digits, so a relay woken by it reads only those; an empty
+// payload (or one it cannot read) means any partition.
+const notifySQL = `SELECT pg_notify(current_schema() || '_outbox', $1)`
 
-// Notify wakes the relays of the schema in the connection's search_path.
+// PartSet is a set of partitions, bit p for partition p.
+type PartSet uint64
+
+// AllParts is every partition.
+const AllParts = PartSet(1<<Partitions - 1)
+
+// a PartSet must hold every partition.
+var _ = [64 - Partitions]struct{}{}
+
+// With returns s with partition p added.
+func (s PartSet) With(p int) PartSet { return s | 1<<uint(p) }
+
+// Has reports whether partition p is in s.
+func (s PartSet) Has(p int) bool { return s&(1<<uint(p)) != 0 }
+
+// String is the notification payload for s: 16 hexadecimal digits.
+func (s PartSet) String() string { return fmt.Sprintf("%016x", uint64(s)) }
+
+// ParsePartSet reads a notification payload; anything but 16 hexadecimal
+// digits naming some partition means all of them.
+func ParsePartSet(payload string) PartSet {
+	if len(payload) != 16 {
+		return AllParts
+	}
+	v, err := strconv.ParseUint(payload, 16, 64)
+	if err != nil || PartSet(v)&AllParts == 0 {
+		return AllParts
+	}
+	return PartSet(v) & AllParts
+}
+
+// Notify wakes the relays of the schema in the connection's search_path
+// for every partition.
 func Notify(ctx context.Context, pool *pgxpool.Pool) error {
-	if _, err := pool.Exec(ctx, notifySQL); err != nil {
+	return NotifyParts(ctx, pool, AllParts)
+}
+
+// NotifyParts wakes the relays of the schema in the connection's
+// search_path for the partitions in parts.
+func NotifyParts(ctx context.Context, pool *pgxpool.Pool, parts PartSet) error {
+	payload := ""
+	if parts != AllParts {
+		payload = parts.String()
+	}
+	if _, err := pool.Exec(ctx, notifySQL, payload); err != nil {
 		return fmt.Errorf("notify relays: %w", err)
 	}
 	return nil

@@ -4,6 +4,8 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 // FormatTime writes its digits itself; it must agree with time.Format.
@@ -32,4 +34,22 @@ func BenchmarkFormatTime(b *testing.B) {
 	for b.Loop() {
 		_ = FormatTime(tm)
 	}
+}
+
+func TestPartSetPayload(t *testing.T) {
+	var s PartSet
+	for _, p := range []int{0, 5, 63} {
+		s = s.With(p)
+	}
+	require.True(t, s.Has(0) && s.Has(5) && s.Has(63))
+	require.False(t, s.Has(1) || s.Has(62))
+	require.Len(t, s.String(), 16)
+	require.Equal(t, s, ParsePartSet(s.String()))
+	require.Equal(t, PartSet(0).With(PartitionOf("users", "42")), ParsePartSet(PartSet(0).With(PartitionOf("users", "42")).String()))
+	// Anything else wakes every partition: an empty payload (Notify, older
+	// writers), garbage, or a set naming none.
+	for _, payload := range []string{"", "xyz", "00000000000000000", "zzzzzzzzzzzzzzzz", "0000000000000000", "+000000000000001"} {
+		require.Equal(t, AllParts, ParsePartSet(payload), "%q", payload)
+	}
+	require.Equal(t, uint64(1<<64-1), uint64(AllParts))
 }

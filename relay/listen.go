@@ -6,10 +6,12 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/writethrough/writethrough/outbox"
 )
 
 // listen keeps a dedicated connection LISTENing on "<schema>_outbox" and
-// wakes the worker on every notification. After a reconnect it listens
+// wakes the worker on every notification, for the partitions it names. After a reconnect it listens
 // again and wakes the worker once, since notifications sent while it was
 // away are lost; the worker's poll interval covers the gap meanwhile.
 func (r *Relay) listen(ctx context.Context) {
@@ -48,9 +50,10 @@ func (r *Relay) listenOnce(ctx context.Context) error {
 	}
 	r.wakeup()
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
 			return err
 		}
-		r.wakeup()
+		r.wakeFor(outbox.ParsePartSet(n.Payload))
 	}
 }

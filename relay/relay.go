@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/writethrough/writethrough/internal/fence"
+	"github.com/writethrough/writethrough/outbox"
 )
 
 // Relay works the outbox. Create it with New, run it with Start, end it with
@@ -33,7 +34,8 @@ type Relay struct {
 	hostname string
 	pid      int
 
-	wake chan struct{}
+	wake      chan struct{}
+	wakeParts atomic.Uint64 // outbox.PartSet notified since the last claim
 
 	// In-flight publishes by message, resolved by the JetStream callbacks.
 	flightMu sync.Mutex
@@ -177,7 +179,12 @@ func (r *Relay) leaseLoop(ctx context.Context) {
 	}
 }
 
-func (r *Relay) wakeup() {
+// wakeup asks the worker to read every partition it holds.
+func (r *Relay) wakeup() { r.wakeFor(outbox.AllParts) }
+
+// wakeFor asks the worker to read the partitions in parts.
+func (r *Relay) wakeFor(parts outbox.PartSet) {
+	r.wakeParts.Or(uint64(parts))
 	select {
 	case r.wake <- struct{}{}:
 	default:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"time"
 
@@ -246,7 +247,7 @@ func (r *Relay) work() {
 		case res := <-w.markCh:
 			w.onMark(res)
 		case <-r.wake:
-			w.wantClaim = true
+			// startClaim reads the partitions it was woken for.
 		case <-poll.C:
 			w.wantClaim = true
 		case <-timer.C:
@@ -309,11 +310,17 @@ func (w *worker) startClaim(now time.Time) {
 	// A claim that filled a partition's batch says more is waiting: read
 	// on while the pipeline has room, so the next batch is there before
 	// the window runs dry.
-	if !w.wantClaim && !w.more {
+	// A notification names the partitions it is for; the poll interval, a
+	// full batch and a retry read every partition held.
+	if !w.wantClaim && !w.more && r.wakeParts.Load() == 0 {
 		return
 	}
-	held := r.leases.workable()
+	want := outbox.PartSet(r.wakeParts.Swap(0))
+	if w.wantClaim || w.more {
+		want = outbox.AllParts
+	}
 	w.wantClaim, w.more = false, false
+	held := slices.DeleteFunc(r.leases.workable(), func(l outbox.Lease) bool { return !want.Has(int(l.Part)) })
 	if len(held) == 0 {
 		return
 	}
@@ -922,7 +929,7 @@ func (w *worker) nextDeadline() time.Time {
 	if len(w.ready) > 0 && now.Before(w.pubPause) {
 		at(w.pubPause)
 	}
-	if (w.wantClaim || w.more) && now.Before(w.claimPause) {
+	if (w.wantClaim || w.more || w.r.wakeParts.Load() != 0) && now.Before(w.claimPause) {
 		at(w.claimPause)
 	}
 	if len(w.repairQ) > 0 && now.Before(w.repairPause) {

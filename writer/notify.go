@@ -3,6 +3,7 @@ package writer
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -14,6 +15,7 @@ import (
 // arrive while a NOTIFY is being sent fold into the next one. A wake-up lost
 // to a crash only delays the relay until its next poll.
 type waker struct {
+	parts   atomic.Uint64 // outbox.PartSet of the commits not yet notified
 	pool    *pgxpool.Pool
 	log     *slog.Logger
 	wake    chan struct{}
@@ -30,8 +32,9 @@ func newWaker(pool *pgxpool.Pool, log *slog.Logger) *waker {
 	return k
 }
 
-// poke asks for a NOTIFY; it never blocks.
-func (k *waker) poke() {
+// poke asks for a NOTIFY for the partitions in parts; it never blocks.
+func (k *waker) poke(parts outbox.PartSet) {
+	k.parts.Or(uint64(parts))
 	select {
 	case k.wake <- struct{}{}:
 	default:
@@ -46,8 +49,12 @@ func (k *waker) loop() {
 		case <-k.done:
 			return
 		}
+		parts := outbox.PartSet(k.parts.Swap(0))
+		if parts == 0 {
+			continue // an earlier NOTIFY took this poke's partitions
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		if err := outbox.Notify(ctx, k.pool); err != nil {
+		if err := outbox.NotifyParts(ctx, k.pool, parts); err != nil {
 			k.log.Debug("wake relays", slog.String("error", err.Error()))
 		}
 		cancel()

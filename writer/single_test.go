@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/writethrough/writethrough/outbox"
@@ -200,4 +202,44 @@ func TestOneChangeConcurrentVersions(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, fmt.Sprint(writers*each), h["v"])
 	require.Equal(t, rows[len(rows)-1].Data, h["d"])
+}
+
+// TestWriteNotifiesItsPartitions: after a commit the relays are woken with
+// the partitions of the keys it changed.
+func TestWriteNotifiesItsPartitions(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := b.env.Pool.Acquire(ctx)
+	require.NoError(t, err)
+	listener := conn.Hijack()
+	defer listener.Close(context.Background())
+	_, err = listener.Exec(ctx, "LISTEN "+pgx.Identifier{b.env.Schema + "_outbox"}.Sanitize())
+	require.NoError(t, err)
+
+	_, err = b.w.Put(ctx, "users", "7", []byte(`{}`))
+	require.NoError(t, err)
+	n, err := listener.WaitForNotification(ctx)
+	require.NoError(t, err)
+	require.Equal(t, outbox.PartSet(0).With(outbox.PartitionOf("users", "7")), outbox.ParsePartSet(n.Payload), "payload %q", n.Payload)
+
+	// A transaction of several keys names each of their partitions.
+	time.Sleep(5 * time.Millisecond) // past the waker's gap, so one NOTIFY carries both
+	_, err = b.w.Do(ctx, func(tx writer.Tx) error {
+		if _, err := tx.Put(ctx, "users", "8", []byte(`{}`)); err != nil {
+			return err
+		}
+		_, err := tx.Put(ctx, "orders", "9", []byte(`{}`))
+		return err
+	})
+	require.NoError(t, err)
+	want := outbox.PartSet(0).With(outbox.PartitionOf("users", "8")).With(outbox.PartitionOf("orders", "9"))
+	var got outbox.PartSet
+	for got != want {
+		n, err := listener.WaitForNotification(ctx)
+		require.NoError(t, err)
+		got |= outbox.ParsePartSet(n.Payload)
+		require.Zero(t, got&^want, "payload %q names other partitions", n.Payload)
+	}
 }

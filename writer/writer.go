@@ -221,7 +221,11 @@ func (w *Writer) commitWith(ctx context.Context, attempt func() (*txn, error)) (
 	// Wake the relays once the cache write is done, so they usually find the
 	// cache already holding the version and need no repair.
 	if len(t.entries) > 0 {
-		w.waker.poke()
+		var parts outbox.PartSet
+		for _, e := range t.entries {
+			parts = parts.With(e.Partition)
+		}
+		w.waker.poke(parts)
 	}
 	crashpoint.Hit("writer-after-cache")
 	return res, nil
