@@ -19,7 +19,6 @@ import (
 	"github.com/writethrough/writethrough/internal/pg"
 	"github.com/writethrough/writethrough/internal/testenv"
 	"github.com/writethrough/writethrough/outbox"
-	"github.com/writethrough/writethrough/writer"
 )
 
 // benchScale returns the size of the relay benchmarks: WT_BENCH=1 runs the
@@ -201,10 +200,7 @@ func TestBenchLatency(t *testing.T) {
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			k := keys[i%len(keys)]
-			_, err := b.w.Do(ctx, func(tx writer.Tx) error {
-				_, err := tx.Put(ctx, k.c, k.id, []byte(`{"i":`+strconv.Itoa(i)+`}`))
-				return err
-			})
+			_, err := b.w.Put(ctx, k.c, k.id, []byte(`{"i":`+strconv.Itoa(i)+`}`))
 			if err != nil {
 				t.Error(err)
 			}
