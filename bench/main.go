@@ -139,8 +139,8 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	defer api.stop()
 
 	pg := pgbench{URL: o.dbURL, Schema: pgSchema, Dir: dir, Keys: o.keys, Collection: collection, Body: body}
-	put := func(worker, n int) (*http.Request, error) {
-		return newPut(api.base+"/v1/"+collection+"/"+randomKey(worker, n, o.keys), body)
+	put := func(worker, n int) request {
+		return newPut("/v1/"+collection+"/"+randomKey(worker, n, o.keys), body)
 	}
 	fmt.Fprintf(out, "measuring %s per phase after %s of warm-up; writes spread over %d keys\n\n", o.duration, o.warmup, o.keys)
 
@@ -158,7 +158,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(out, "pgbench write   %2d client(s): %s\n", clients, pgr)
-		apir, err := load{Conns: clients, Warmup: o.warmup, Duration: o.duration, Request: put, Check: wantStatus(200, 201)}.run(ctx)
+		apir, err := load{Conns: clients, Warmup: o.warmup, Duration: o.duration, Target: api.base, Request: put, Check: wantStatus(200, 201)}.run(ctx)
 		if err != nil {
 			return err
 		}
@@ -185,8 +185,8 @@ func run(ctx context.Context, o options, out io.Writer) error {
 // measureGet compares cache-hit reads of one key, written through the API,
 // with the bare HMGET handler.
 func (r *report) measureGet(ctx context.Context, o options, dir, apiBase, prefix string, out io.Writer) error {
-	hot := apiBase + "/v1/" + collection + "/hot"
-	if err := warmKey(ctx, hot); err != nil {
+	hot := "/v1/" + collection + "/hot"
+	if err := warmKey(ctx, apiBase+hot); err != nil {
 		return err
 	}
 	self, err := os.Executable()
@@ -202,21 +202,21 @@ func (r *report) measureGet(ctx context.Context, o options, dir, apiBase, prefix
 	defer bare.stop()
 
 	const conns = 32
-	get := func(url string) func(int, int) (*http.Request, error) {
-		return func(int, int) (*http.Request, error) { return http.NewRequest(http.MethodGet, url, nil) }
+	get := func(path string) func(int, int) request {
+		return func(int, int) request { return request{Method: http.MethodGet, Path: path} }
 	}
-	bareRes, err := load{Conns: conns, Warmup: o.warmup, Duration: o.duration, Request: get(bare.base + "/"), Check: wantStatus(200)}.run(ctx)
+	bareRes, err := load{Conns: conns, Warmup: o.warmup, Duration: o.duration, Target: bare.base, Request: get("/"), Check: wantStatus(200)}.run(ctx)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "bare HMGET GET  %2d conns:     %s\n", conns, bareRes)
-	hit := func(resp *http.Response) error {
-		if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Cache") != "hit" {
-			return fmt.Errorf("status %d, X-Cache %q", resp.StatusCode, resp.Header.Get("X-Cache"))
+	hit := func(status int, h *header) error {
+		if status != http.StatusOK || h.Get("X-Cache") != "hit" {
+			return fmt.Errorf("status %d, X-Cache %q", status, h.Get("X-Cache"))
 		}
 		return nil
 	}
-	apiGet, err := load{Conns: conns, Warmup: o.warmup, Duration: o.duration, Request: get(hot), Check: hit}.run(ctx)
+	apiGet, err := load{Conns: conns, Warmup: o.warmup, Duration: o.duration, Target: apiBase, Request: get(hot), Check: hit}.run(ctx)
 	if err != nil {
 		return err
 	}
@@ -322,13 +322,9 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
-func newPut(url, body string) (*http.Request, error) {
-	req, err := http.NewRequest(http.MethodPut, url, strings.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	return req, nil
+// newPut is a PUT of a JSON document to path.
+func newPut(path, body string) request {
+	return request{Method: http.MethodPut, Path: path, Body: body, ContentType: "application/json"}
 }
 
 // randomKey picks the id of the n-th write of a worker, uniformly over
@@ -347,11 +343,12 @@ var seed = uint64(time.Now().UnixNano())
 
 // warmKey writes the hot key through the API and checks a read hits the cache.
 func warmKey(ctx context.Context, url string) error {
-	req, err := newPut(url, body)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, url, strings.NewReader(body))
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req.WithContext(ctx))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
 	}
