@@ -65,6 +65,20 @@ func (t *leaseTable) workable() []outbox.Lease {
 	return out
 }
 
+// workableSet is the partitions of workable.
+func (t *leaseTable) workableSet() outbox.PartSet {
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var s outbox.PartSet
+	for p, l := range t.held {
+		if !l.draining && now.Add(t.margin).Before(l.deadline) {
+			s = s.With(int(p))
+		}
+	}
+	return s
+}
+
 // valid reports whether the worker may still publish in part at epoch.
 func (t *leaseTable) valid(part int32, epoch int64) bool {
 	now := time.Now()

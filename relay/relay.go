@@ -179,6 +179,18 @@ func (r *Relay) leaseLoop(ctx context.Context) {
 	}
 }
 
+// WakeHeld wakes the relay for the partitions of parts it holds and may
+// work now, and returns the others: a writer in the same process calls it
+// after a commit and announces only the rest with NOTIFY. A partition it
+// takes over later is read in full when it takes it.
+func (r *Relay) WakeHeld(parts outbox.PartSet) (rest outbox.PartSet) {
+	held := r.leases.workableSet() & parts
+	if held != 0 {
+		r.wakeFor(held)
+	}
+	return parts &^ held
+}
+
 // wakeup asks the worker to read every partition it holds.
 func (r *Relay) wakeup() { r.wakeFor(outbox.AllParts) }
 

@@ -16,6 +16,7 @@ import (
 // to a crash only delays the relay until its next poll.
 type waker struct {
 	parts   atomic.Uint64 // outbox.PartSet of the commits not yet notified
+	local   LocalRelay // may be nil
 	pool    *pgxpool.Pool
 	log     *slog.Logger
 	wake    chan struct{}
@@ -26,14 +27,20 @@ type waker struct {
 // notifyGap is the least time between two NOTIFYs of one Writer.
 const notifyGap = time.Millisecond
 
-func newWaker(pool *pgxpool.Pool, log *slog.Logger) *waker {
-	k := &waker{pool: pool, log: log, wake: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{})}
+func newWaker(pool *pgxpool.Pool, log *slog.Logger, local LocalRelay) *waker {
+	k := &waker{pool: pool, log: log, local: local, wake: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{})}
 	go k.loop()
 	return k
 }
 
-// poke asks for a NOTIFY for the partitions in parts; it never blocks.
+// poke wakes the local relay for the partitions of parts it holds, and
+// asks for a NOTIFY for the others; it never blocks.
 func (k *waker) poke(parts outbox.PartSet) {
+	if k.local != nil {
+		if parts = k.local.WakeHeld(parts); parts == 0 {
+			return
+		}
+	}
 	k.parts.Or(uint64(parts))
 	select {
 	case k.wake <- struct{}{}:

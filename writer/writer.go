@@ -45,6 +45,17 @@ type Config struct {
 	Logger *slog.Logger
 	// MeterProvider for metrics; default the global one.
 	MeterProvider metric.MeterProvider
+	// LocalRelay, when set, is a relay in the same process: after a
+	// commit it is woken directly for the partitions it holds, and only
+	// the others are announced to relays elsewhere with NOTIFY.
+	LocalRelay LocalRelay
+}
+
+// LocalRelay is a relay running in the writer's process (*relay.Relay).
+type LocalRelay interface {
+	// WakeHeld wakes the relay for the partitions of parts it holds and
+	// returns the others.
+	WakeHeld(parts outbox.PartSet) (rest outbox.PartSet)
 }
 
 // CacheWrite is the result of the synchronous cache write.
@@ -122,7 +133,7 @@ func New(cfg Config) (*Writer, error) {
 		log:          cmp.Or(cfg.Logger, slog.Default()),
 		metrics:      m,
 	}
-	w.waker = newWaker(cfg.Pool, w.log)
+	w.waker = newWaker(cfg.Pool, w.log, cfg.LocalRelay)
 	return w, nil
 }
 

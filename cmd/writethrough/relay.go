@@ -36,14 +36,14 @@ func relayCmd(ctx context.Context, c *cli, args []string) int {
 	if err := d.connectNATS(); err != nil {
 		return c.fail("relay: %v", err)
 	}
-	stop, err := startRelay(ctx, d, rf)
+	r, err := startRelay(ctx, d, rf)
 	if err != nil {
 		return c.fail("relay: %v", redact(err))
 	}
 	<-ctx.Done()
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := stop(sctx); err != nil {
+	if err := r.Stop(sctx); err != nil {
 		return c.fail("relay: stop: %v", redact(err))
 	}
 	return exitOK
@@ -112,7 +112,7 @@ func (rf *relayFlags) config(rc *relay.Config) {
 
 // startRelay starts the relay over d (d.nc is connected) and returns a
 // function that stops it gracefully. serve calls it unless --relay=false.
-func startRelay(ctx context.Context, d *deps, rf *relayFlags) (stop func(context.Context) error, err error) {
+func startRelay(ctx context.Context, d *deps, rf *relayFlags) (*relay.Relay, error) {
 	rc := relay.Config{
 		Pool:           d.pool,
 		Fence:          d.fence,
@@ -132,5 +132,5 @@ func startRelay(ctx context.Context, d *deps, rf *relayFlags) (stop func(context
 	if err := r.Start(ctx); err != nil {
 		return nil, fmt.Errorf("start relay: %w", err)
 	}
-	return r.Stop, nil
+	return r, nil
 }

@@ -64,21 +64,26 @@ func serveCmd(ctx context.Context, c *cli, args []string) int {
 	if err := d.connectNATS(); err != nil {
 		return c.fail("serve: %v", err)
 	}
+	// The relay in this process is woken directly for the partitions it
+	// holds; relays elsewhere by NOTIFY.
+	stopRelay := func(context.Context) error { return nil }
+	var local writer.LocalRelay
+	if *withRelay {
+		r, err := startRelay(ctx, d, rf)
+		if err != nil {
+			return c.fail("serve: %v", redact(err))
+		}
+		stopRelay, local = r.Stop, r
+	}
 	w, err := writer.New(writer.Config{
 		Pool: d.pool, Fence: d.fence, CacheTimeout: *cacheTimeout,
-		Logger: log, MeterProvider: d.tel.MeterProvider,
+		Logger: log, MeterProvider: d.tel.MeterProvider, LocalRelay: local,
 	})
 	if err != nil {
+		stopAll(log, stopRelay, *shutdownTimeout)
 		return c.fail("serve: %v", err)
 	}
 	defer w.Close()
-
-	stopRelay := func(context.Context) error { return nil }
-	if *withRelay {
-		if stopRelay, err = startRelay(ctx, d, rf); err != nil {
-			return c.fail("serve: %v", redact(err))
-		}
-	}
 
 	api := writer.NewHandler(w, writer.HandlerConfig{
 		MaxBodyBytes:  cfg.MaxBodyBytes,

@@ -1,0 +1,59 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/writethrough/writethrough/outbox"
+	"github.com/writethrough/writethrough/writer"
+)
+
+// TestLocalWriterWakesRelayWithoutNotify: a writer given the relay of its
+// process wakes it directly for the partitions it holds, sends no NOTIFY
+// for them, and the events go out without waiting for the poll interval.
+func TestLocalWriterWakesRelayWithoutNotify(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cfg := b.config(nil)
+	cfg.PollInterval = time.Hour // only a wake-up can start a claim
+	r := b.start(t, cfg)
+	eventually(t, 10*time.Second, func() bool { return r.leases.workableSet() == outbox.AllParts }, "the relay holds every partition")
+	require.Equal(t, outbox.PartSet(0), r.WakeHeld(outbox.PartSet(0).With(3)))
+
+	w, err := writer.New(writer.Config{Pool: b.env.Pool, Fence: b.env.Fence, LocalRelay: r})
+	require.NoError(t, err)
+	defer w.Close()
+
+	conn, err := b.env.Pool.Acquire(ctx)
+	require.NoError(t, err)
+	listener := conn.Hijack()
+	defer listener.Close(context.Background())
+	_, err = listener.Exec(ctx, "LISTEN "+pgx.Identifier{b.env.Schema + "_outbox"}.Sanitize())
+	require.NoError(t, err)
+
+	// Let the wake-ups of taking the leases pass first.
+	time.Sleep(200 * time.Millisecond)
+	for i := range 5 {
+		_, err := w.Put(ctx, "users", "local-"+string(rune('a'+i)), []byte(`{}`))
+		require.NoError(t, err)
+	}
+	eventually(t, 5*time.Second, func() bool { return pendingPublish(t, b.env) == 0 }, "every event published on a direct wake-up")
+
+	wctx, wcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer wcancel()
+	n, err := listener.WaitForNotification(wctx)
+	require.True(t, errors.Is(err, context.DeadlineExceeded) || pgconnTimeout(err), "want no NOTIFY, got %v (%v)", n, err)
+}
+
+// pgconnTimeout reports an error from a wait that ran out of time.
+func pgconnTimeout(err error) bool {
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
+}
