@@ -16,7 +16,7 @@ import (
 // to a crash only delays the relay until its next poll.
 type waker struct {
 	parts   atomic.Uint64 // outbox.PartSet of the commits not yet notified
-	local   LocalRelay // may be nil
+	local   LocalRelay    // may be nil
 	pool    *pgxpool.Pool
 	log     *slog.Logger
 	wake    chan struct{}
