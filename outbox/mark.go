@@ -20,14 +20,21 @@ const heldParts = `m.part = ANY(ARRAY(SELECT part FROM held)) AND o.part = m.par
 // markDoneSQL records, in one statement, the acknowledged events and the
 // repaired cache writes of a batch. The entries are visited in the order of
 // $4 (ascending seq), the order every other marking statement locks rows in.
-const markDoneSQL = heldCTE + `
+//
+// Its commit does not wait for the WAL flush (synchronous_commit is off for
+// this statement's transaction alone): were Postgres to crash and lose the
+// last marks, those entries are due again and are published again with
+// their Nats-Msg-Id, which JetStream drops within its duplicate window, as
+// after a relay crash between publish and mark. Marks are committed in the
+// order they are made, so what survives is always a prefix of them.
+const markDoneSQL = heldCTE + `, async AS (SELECT set_config('synchronous_commit', 'off', true) AS off)
 UPDATE outbox o SET
     publish_state = CASE WHEN m.pub AND o.publish_state = 'pending' THEN 'done' ELSE o.publish_state END,
     published_at  = CASE WHEN m.pub AND o.publish_state = 'pending' THEN now() ELSE o.published_at END,
     last_error    = CASE WHEN m.pub AND o.publish_state = 'pending' THEN NULL ELSE o.last_error END,
     cache_state   = CASE WHEN m.cache THEN 'done' ELSE o.cache_state END
 FROM unnest($4::bigint[], $5::bool[], $6::bool[], $7::int[]) AS m(seq, pub, cache, part)
-WHERE o.seq = m.seq AND ` + heldParts + `
+WHERE o.seq = m.seq AND (SELECT off FROM async) = 'off' AND ` + heldParts + `
   AND ((m.pub AND o.publish_state = 'pending') OR (m.cache AND o.cache_state = 'pending'))`
 
 // Done is what a relay finished for one entry: its event was acknowledged
