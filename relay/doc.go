@@ -36,9 +36,11 @@
 // seq, never by "last seq seen", leaving out (a hashed set) the entries the
 // relay is already working: queued, in flight, being repaired or awaiting
 // their mark. Claims start on a LISTEN/NOTIFY wake-up (a dedicated
-// connection that listens again after a reconnect), on the PollInterval
-// fallback, or while the previous claim filled a partition's batch and the
-// pipeline has room (4×MaxInFlight entries).
+// connection that listens again after a reconnect; the payload names the
+// partitions the commit changed, and only those are read), on a direct
+// WakeHeld from a writer in the same process, on the PollInterval fallback
+// (every partition held), or while the previous claim filled a partition's
+// batch and the pipeline has room (4×MaxInFlight entries).
 //
 // Cache state: the writer records nothing after its synchronous cache write
 // (that would cost a second update of every outbox row on the write path).
