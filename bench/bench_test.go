@@ -16,6 +16,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/writethrough/writethrough/internal/pgbench"
 )
 
 func TestMain(m *testing.M) {
@@ -355,30 +357,11 @@ func FuzzReadResponse(f *testing.F) {
 	})
 }
 
-func TestParsePgbench(t *testing.T) {
-	t.Parallel()
-	out := []byte(`pgbench (15.19 (Debian 15.19-0+deb12u1))
-transaction type: /tmp/write.sql
-number of clients: 8
-number of transactions actually processed: 41234
-number of failed transactions: 0 (0.000%)
-latency average = 1.940 ms
-initial connection time = 12.345 ms
-tps = 4123.456789 (without initial connection time)
-`)
-	r, err := parsePgbench(out)
-	require.NoError(t, err)
-	require.InDelta(t, 4123.456789, r.TPS, 1e-6)
-	require.Equal(t, 1940*time.Microsecond, r.Latency)
-	_, err = parsePgbench([]byte("pgbench: error: connection refused"))
-	require.Error(t, err)
-}
-
 func TestRatios(t *testing.T) {
 	t.Parallel()
 	r := report{
-		put8: loadResult{RPS: 900}, pg8: pgbenchResult{TPS: 1000},
-		put1: loadResult{P50: 3 * time.Millisecond}, pg1: pgbenchResult{Latency: 2 * time.Millisecond},
+		put8: loadResult{RPS: 900}, pg8: pgbench.Result{TPS: 1000},
+		put1: loadResult{P50: 3 * time.Millisecond}, pg1: pgbench.Result{Latency: 2 * time.Millisecond},
 		get: loadResult{RPS: 700}, bare: loadResult{RPS: 1000},
 	}
 	rs := r.ratios()

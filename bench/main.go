@@ -36,6 +36,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/writethrough/writethrough/internal/pgbench"
 	"github.com/writethrough/writethrough/internal/testenv"
 	"github.com/writethrough/writethrough/migrations"
 )
@@ -138,7 +139,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	}
 	defer api.stop()
 
-	pg := pgbench{URL: o.dbURL, Schema: pgSchema, Dir: dir, Keys: o.keys, Collection: collection, Body: body}
+	pg := pgbench.Runner{URL: o.dbURL, Schema: pgSchema, Dir: dir, Keys: o.keys, Collection: collection, Body: body}
 	put := func(worker, n int) request {
 		return newPut("/v1/"+collection+"/"+randomKey(worker, n, o.keys), body)
 	}
@@ -150,10 +151,10 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		if !o.phases["put"+strconv.Itoa(clients)] {
 			continue
 		}
-		if _, err := pg.run(ctx, clients, o.warmup); err != nil {
+		if _, err := pg.Run(ctx, clients, o.warmup); err != nil {
 			return err
 		}
-		pgr, err := pg.run(ctx, clients, o.duration)
+		pgr, err := pg.Run(ctx, clients, o.duration)
 		if err != nil {
 			return err
 		}

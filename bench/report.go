@@ -3,13 +3,15 @@ package main
 import (
 	"fmt"
 	"io"
+
+	"github.com/writethrough/writethrough/internal/pgbench"
 )
 
 // report holds the figures of one run and prints them with their ratios
 // against the targets.
 type report struct {
 	put8, put1 loadResult
-	pg8, pg1   pgbenchResult
+	pg8, pg1   pgbench.Result
 	get, bare  loadResult
 }
 
