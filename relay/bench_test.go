@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/writethrough/writethrough/internal/cloudevent"
 	"github.com/writethrough/writethrough/internal/pg"
+	"github.com/writethrough/writethrough/internal/pgbench"
 	"github.com/writethrough/writethrough/internal/testenv"
 	"github.com/writethrough/writethrough/outbox"
 	"github.com/writethrough/writethrough/writer"
@@ -241,4 +243,22 @@ func TestBenchLatency(t *testing.T) {
 	require.NoError(t, b.env.Pool.QueryRow(ctx, `SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - committed_at)), percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - committed_at)) FROM outbox WHERE committed_at >= $1`, measureFrom).Scan(&dbP50, &dbP99))
 	t.Logf("commit-to-mark (database clock): p50 %.1fms p99 %.1fms", dbP50*1000, dbP99*1000)
 	fmt.Printf("BENCH latency: p50 %s p99 %s max %s\n", q(0.5), q(0.99), lat[len(lat)-1])
+
+	// The database's share, for scale: pgbench running the writer's SQL at
+	// the same rate, alone, in a schema of its own. ce-time is stamped
+	// before the commit, so no event can arrive sooner than its commit ends.
+	if _, err := exec.LookPath("pgbench"); err != nil {
+		t.Log("pgbench not found: no database floor")
+		return
+	}
+	mu.Unlock()
+	defer mu.Lock()
+	floorEnv := testenv.New(t)
+	floor, err := pgbench.Runner{
+		URL: floorEnv.DatabaseURL, Schema: floorEnv.Schema, Dir: t.TempDir(),
+		Keys: len(keys), Collection: "users", Body: `{"i":1}`,
+	}.RunAtRate(ctx, 8, rate, dur)
+	require.NoError(t, err)
+	t.Logf("database floor: pgbench with the writer's SQL at %d tps: p50 %s p99 %s", rate, floor.P50, floor.P99)
+	fmt.Printf("BENCH latency floor: pgbench at %d tps p50 %s p99 %s\n", rate, floor.P50, floor.P99)
 }
