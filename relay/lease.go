@@ -57,7 +57,7 @@ func (t *leaseTable) workable() []outbox.Lease {
 	defer t.mu.Unlock()
 	out := make([]outbox.Lease, 0, len(t.held))
 	for p, l := range t.held {
-		if !l.draining && now.Add(t.margin).Before(l.deadline) {
+		if t.usable(l, now) {
 			out = append(out, outbox.Lease{Part: p, Epoch: l.epoch})
 		}
 	}
@@ -72,11 +72,17 @@ func (t *leaseTable) workableSet() outbox.PartSet {
 	defer t.mu.Unlock()
 	var s outbox.PartSet
 	for p, l := range t.held {
-		if !l.draining && now.Add(t.margin).Before(l.deadline) {
+		if t.usable(l, now) {
 			s = s.With(int(p))
 		}
 	}
 	return s
+}
+
+// usable reports whether l may be worked at now: not draining, and not
+// within the safety margin of its deadline.
+func (t *leaseTable) usable(l *lease, now time.Time) bool {
+	return !l.draining && now.Add(t.margin).Before(l.deadline)
 }
 
 // valid reports whether the worker may still publish in part at epoch.
@@ -85,7 +91,7 @@ func (t *leaseTable) valid(part int32, epoch int64) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	l := t.held[part]
-	return l != nil && l.epoch == epoch && !l.draining && now.Add(t.margin).Before(l.deadline)
+	return l != nil && l.epoch == epoch && t.usable(l, now)
 }
 
 // all returns every lease still held, draining ones included.

@@ -11,9 +11,10 @@ import (
 )
 
 // listen keeps a dedicated connection LISTENing on "<schema>_outbox" and
-// wakes the worker on every notification, for the partitions it names. After a reconnect it listens
-// again and wakes the worker once, since notifications sent while it was
-// away are lost; the worker's poll interval covers the gap meanwhile.
+// wakes the worker on every notification, for the partitions it names.
+// After a reconnect it listens again and wakes the worker once for every
+// partition, since notifications sent while it was away are lost; the
+// worker's poll interval covers the gap meanwhile.
 func (r *Relay) listen(ctx context.Context) {
 	wait := 100 * time.Millisecond
 	for ctx.Err() == nil {
