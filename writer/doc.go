@@ -12,6 +12,10 @@
 //		return err
 //	})
 //
+// A change to one entity alone is cheaper through Writer.Put and
+// Writer.Delete, which send BEGIN, the change, its outbox entry and COMMIT
+// in one round trip.
+//
 // Versions are bumped under the entity's row lock, never taken from clocks or
 // transaction ids. A Redis error or timeout after the commit never fails the
 // call: the result reports CachePending and the relay repairs the key from the
