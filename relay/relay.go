@@ -37,6 +37,11 @@ type Relay struct {
 	wake      chan struct{}
 	wakeParts atomic.Uint64 // outbox.PartSet notified since the last claim
 
+	// Entries (by seq) a writer in this process saw the cache take: a
+	// claim settles them without reading the cache. Bounded by maxHeldSeqs.
+	heldMu   sync.Mutex
+	heldSeqs map[int64]struct{}
+
 	// In-flight publishes by message, resolved by the JetStream callbacks.
 	flightMu sync.Mutex
 	flights  map[*nats.Msg]*flight
@@ -82,6 +87,7 @@ func New(cfg Config) (*Relay, error) {
 		hostname:  host,
 		pid:       os.Getpid(),
 		wake:      make(chan struct{}, 1),
+		heldSeqs:  map[int64]struct{}{},
 		flights:   map[*nats.Msg]*flight{},
 		results:   make(chan result, cfg.MaxInFlight+16),
 		stopping:  make(chan struct{}),
@@ -182,13 +188,43 @@ func (r *Relay) leaseLoop(ctx context.Context) {
 // WakeHeld wakes the relay for the partitions of parts it holds and may
 // work now, and returns the others: a writer in the same process calls it
 // after a commit and announces only the rest with NOTIFY. A partition it
-// takes over later is read in full when it takes it.
-func (r *Relay) WakeHeld(parts outbox.PartSet) (rest outbox.PartSet) {
+// takes over later is read in full when it takes it. cached names entries
+// whose version the writer saw the cache take; claiming them then costs no
+// read of the cache.
+func (r *Relay) WakeHeld(parts outbox.PartSet, cached []int64) (rest outbox.PartSet) {
 	held := r.leases.workableSet() & parts
 	if held != 0 {
+		if len(cached) > 0 {
+			r.heldMu.Lock()
+			if len(r.heldSeqs) >= maxHeldSeqs {
+				// Entries never claimed here (their partition moved on)
+				// would stay forever: start over; the cache read covers
+				// what is forgotten.
+				clear(r.heldSeqs)
+			}
+			for _, seq := range cached {
+				r.heldSeqs[seq] = struct{}{}
+			}
+			r.heldMu.Unlock()
+		}
 		r.wakeFor(held)
 	}
 	return parts &^ held
+}
+
+// maxHeldSeqs bounds the entries WakeHeld remembers as cached.
+const maxHeldSeqs = 1 << 16
+
+// takeHeld reports whether a writer in this process saw the cache take
+// entry seq, and forgets it.
+func (r *Relay) takeHeld(seq int64) bool {
+	r.heldMu.Lock()
+	defer r.heldMu.Unlock()
+	if _, ok := r.heldSeqs[seq]; ok {
+		delete(r.heldSeqs, seq)
+		return true
+	}
+	return false
 }
 
 // wakeup asks the worker to read every partition it holds.

@@ -3,12 +3,14 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/writethrough/writethrough/internal/fence"
 	"github.com/writethrough/writethrough/outbox"
 	"github.com/writethrough/writethrough/writer"
 )
@@ -25,7 +27,7 @@ func TestLocalWriterWakesRelayWithoutNotify(t *testing.T) {
 	cfg.PollInterval = time.Hour // only a wake-up can start a claim
 	r := b.start(t, cfg)
 	eventually(t, 10*time.Second, func() bool { return r.leases.workableSet() == outbox.AllParts }, "the relay holds every partition")
-	require.Equal(t, outbox.PartSet(0), r.WakeHeld(outbox.PartSet(0).With(3)))
+	require.Equal(t, outbox.PartSet(0), r.WakeHeld(outbox.PartSet(0).With(3), nil))
 
 	w, err := writer.New(writer.Config{Pool: b.env.Pool, Fence: b.env.Fence, LocalRelay: r})
 	require.NoError(t, err)
@@ -56,4 +58,33 @@ func TestLocalWriterWakesRelayWithoutNotify(t *testing.T) {
 func pgconnTimeout(err error) bool {
 	var te interface{ Timeout() bool }
 	return errors.As(err, &te) && te.Timeout()
+}
+
+// TestLocalWriterSettlesCacheWithoutRead: entries whose cache write the
+// writer in this process saw succeed are settled when published, without
+// the relay reading the cache. The relay here looks at another key prefix,
+// where it would find nothing and repair every key after the grace.
+func TestLocalWriterSettlesCacheWithoutRead(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	elsewhere, err := fence.New(b.env.Redis, fence.Config{Prefix: b.env.Prefix + "elsewhere:"})
+	require.NoError(t, err)
+	cfg := b.config(elsewhere)
+	r := b.start(t, cfg)
+	eventually(t, 10*time.Second, func() bool { return r.leases.workableSet() == outbox.AllParts }, "the relay holds every partition")
+	w, err := writer.New(writer.Config{Pool: b.env.Pool, Fence: b.env.Fence, LocalRelay: r})
+	require.NoError(t, err)
+	defer w.Close()
+
+	for i := range 20 {
+		res, err := w.Put(ctx, "users", fmt.Sprintf("s%d", i), []byte(`{}`))
+		require.NoError(t, err)
+		require.Equal(t, writer.CacheOK, res.CacheWrite)
+	}
+	eventually(t, 5*time.Second, func() bool { return countState(t, b.env, `publish_state = 'done' AND cache_state = 'done'`) == 20 }, "every entry published and settled")
+	time.Sleep(2 * cfg.RepairGrace)
+	n, err := b.env.Redis.Exists(ctx, b.env.Prefix+"elsewhere:users:s0").Result()
+	require.NoError(t, err)
+	require.Zero(t, n, "the relay repaired a key the writer had cached")
 }

@@ -371,6 +371,10 @@ func (r *Relay) checkCache(rows []*outbox.Claimed) {
 	var keys []string
 	for _, c := range rows {
 		if c.CachePending && c.PublishPending && !c.RepairDue {
+			if r.takeHeld(c.Seq) {
+				c.CacheHeld = true // the writer saw the cache take it
+				continue
+			}
 			check = append(check, c)
 			keys = append(keys, r.fence.Key(c.Collection, c.EntityID))
 		}

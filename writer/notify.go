@@ -33,11 +33,12 @@ func newWaker(pool *pgxpool.Pool, log *slog.Logger, local LocalRelay) *waker {
 	return k
 }
 
-// poke wakes the local relay for the partitions of parts it holds, and
-// asks for a NOTIFY for the others; it never blocks.
-func (k *waker) poke(parts outbox.PartSet) {
+// poke wakes the local relay for the partitions of parts it holds (telling
+// it the entries whose cache write succeeded), and asks for a NOTIFY for
+// the others; it never blocks.
+func (k *waker) poke(parts outbox.PartSet, cached []int64) {
 	if k.local != nil {
-		if parts = k.local.WakeHeld(parts); parts == 0 {
+		if parts = k.local.WakeHeld(parts, cached); parts == 0 {
 			return
 		}
 	}

@@ -103,7 +103,7 @@ func (w *Writer) attemptOne(ctx context.Context, collection, id string, c oneCha
 		Collection: collection, EntityID: id, Op: c.op,
 		Traceparent: t.traceparent["traceparent"], Tracestate: t.traceparent["tracestate"],
 	}
-	var recorded int64
+	recorded := 0
 	var tag pgconn.CommandTag
 	b := &pgx.Batch{}
 	b.Queue("begin")
@@ -116,9 +116,9 @@ func (w *Writer) attemptOne(ctx context.Context, collection, id string, c oneCha
 		return err
 	})
 	b.Queue(outboxOfChangeSQL, e.EventID, int32(e.Partition), string(c.op), nullable(e.Traceparent), nullable(e.Tracestate), collection, id).
-		Exec(func(ct pgconn.CommandTag) error {
-			recorded = ct.RowsAffected()
-			return nil
+		Query(func(rows pgx.Rows) error {
+			_, err := pgx.ForEachRow(rows, []any{&e.Seq}, func() error { recorded++; return nil })
+			return err
 		})
 	b.Queue("commit").Exec(func(ct pgconn.CommandTag) error {
 		tag = ct

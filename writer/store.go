@@ -64,4 +64,5 @@ const outboxOfChangeSQL = `
 INSERT INTO outbox (event_id, part, collection, entity_id, version, op, data, committed_at, traceparent, tracestate)
 SELECT $1, $2, e.collection, e.id, e.version, $3, e.data::json, e.updated_at, $4, $5
 FROM entities AS e
-WHERE e.collection = $6 AND e.id = $7 AND e.xmin = pg_current_xact_id()::xid`
+WHERE e.collection = $6 AND e.id = $7 AND e.xmin = pg_current_xact_id()::xid
+RETURNING seq`

@@ -54,8 +54,10 @@ type Config struct {
 // LocalRelay is a relay running in the writer's process (*relay.Relay).
 type LocalRelay interface {
 	// WakeHeld wakes the relay for the partitions of parts it holds and
-	// returns the others.
-	WakeHeld(parts outbox.PartSet) (rest outbox.PartSet)
+	// returns the others. cached names the outbox entries (by seq) whose
+	// version the cache was seen to hold, so the relay need not read the
+	// cache to settle them.
+	WakeHeld(parts outbox.PartSet, cached []int64) (rest outbox.PartSet)
 }
 
 // CacheWrite is the result of the synchronous cache write.
@@ -233,10 +235,14 @@ func (w *Writer) commitWith(ctx context.Context, attempt func() (*txn, error)) (
 	// cache already holding the version and need no repair.
 	if len(t.entries) > 0 {
 		var parts outbox.PartSet
+		var cached []int64
 		for _, e := range t.entries {
 			parts = parts.With(e.Partition)
+			if res.CacheWrite == CacheOK {
+				cached = append(cached, e.Seq)
+			}
 		}
-		w.waker.poke(parts)
+		w.waker.poke(parts, cached)
 	}
 	crashpoint.Hit("writer-after-cache")
 	return res, nil
