@@ -34,15 +34,33 @@ func (w *Writer) Delete(ctx context.Context, collection, id string, conds ...Con
 }
 
 func (w *Writer) put(ctx context.Context, collection, id string, data []byte, conds []Condition) (Result, error) {
-	if err := validateKey(collection, id); err != nil {
+	c, err := planPut(collection, id, data, conds)
+	if err != nil {
 		return Result{}, err
 	}
-	if err := validJSON("data", data); err != nil {
+	return w.commitWith(ctx, func() (*txn, error) { return w.attemptOne(ctx, collection, id, c) })
+}
+
+func (w *Writer) delete(ctx context.Context, collection, id string, conds []Condition) (Result, error) {
+	c, err := planDelete(collection, id, conds)
+	if err != nil {
 		return Result{}, err
+	}
+	return w.commitWith(ctx, func() (*txn, error) { return w.attemptOne(ctx, collection, id, c) })
+}
+
+// planPut checks a put and picks its statement, for txn.Put and Writer.Put
+// alike.
+func planPut(collection, id string, data []byte, conds []Condition) (oneChange, error) {
+	if err := validateKey(collection, id); err != nil {
+		return oneChange{}, err
+	}
+	if err := validJSON("data", data); err != nil {
+		return oneChange{}, err
 	}
 	match, exists, absent := checkConds(conds)
 	if absent && (match != nil || exists) {
-		return Result{}, ErrPrecondition
+		return oneChange{}, ErrPrecondition
 	}
 	c := oneChange{op: outbox.OpPut, noRows: ErrPrecondition}
 	switch {
@@ -53,22 +71,25 @@ func (w *Writer) put(ctx context.Context, collection, id string, data []byte, co
 	default:
 		c.sql, c.args = putSQL, []any{collection, id, string(data)}
 	}
-	return w.commitWith(ctx, func() (*txn, error) { return w.attemptOne(ctx, collection, id, c) })
+	return c, nil
 }
 
-func (w *Writer) delete(ctx context.Context, collection, id string, conds []Condition) (Result, error) {
+// planDelete checks a delete and picks its statement, for txn.Delete and
+// Writer.Delete alike.
+func planDelete(collection, id string, conds []Condition) (oneChange, error) {
 	if err := validateKey(collection, id); err != nil {
-		return Result{}, err
+		return oneChange{}, err
 	}
 	match, _, absent := checkConds(conds)
 	if absent {
-		return Result{}, ErrPrecondition // see txn.Delete
+		// If-None-Match: * on a delete can only succeed on nothing to delete.
+		return oneChange{}, ErrPrecondition
 	}
 	c := oneChange{op: outbox.OpDelete, sql: deleteSQL, args: []any{collection, id, match}, noRows: ErrNotFound}
 	if len(conds) > 0 {
 		c.noRows = ErrPrecondition
 	}
-	return w.commitWith(ctx, func() (*txn, error) { return w.attemptOne(ctx, collection, id, c) })
+	return c, nil
 }
 
 // oneChange is the statement of a one-change write: one of the entity

@@ -492,31 +492,16 @@ func validJSON(field string, data []byte) error {
 }
 
 func (t *txn) Put(ctx context.Context, collection, id string, data []byte, conds ...Condition) (Change, error) {
-	if err := validateKey(collection, id); err != nil {
+	c, err := planPut(collection, id, data, conds)
+	if err != nil {
 		return Change{}, err
-	}
-	if err := validJSON("data", data); err != nil {
-		return Change{}, err
-	}
-	match, exists, absent := checkConds(conds)
-	if absent && (match != nil || exists) {
-		return Change{}, ErrPrecondition
 	}
 	ch := Change{Collection: collection, ID: id}
 	var text string
-	dest := []any{&ch.Version, &text, &ch.UpdatedAt, &ch.Created}
-	var err error
-	switch {
-	case absent:
-		err = t.queryRow(ctx, dest, putIfAbsentSQL, collection, id, string(data))
-	case match != nil || exists:
-		err = t.queryRow(ctx, dest, replaceSQL, collection, id, string(data), match)
-	default:
-		err = t.queryRow(ctx, dest, putSQL, collection, id, string(data))
-	}
+	err = t.queryRow(ctx, []any{&ch.Version, &text, &ch.UpdatedAt, &ch.Created}, c.sql, c.args...)
 	if err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
-			return Change{}, ErrPrecondition
+			return Change{}, c.noRows
 		}
 		return Change{}, fmt.Errorf("put %s/%s: %w", collection, id, err)
 	}
@@ -561,21 +546,14 @@ func (t *txn) Patch(ctx context.Context, collection, id string, patch []byte, co
 }
 
 func (t *txn) Delete(ctx context.Context, collection, id string, conds ...Condition) (Change, error) {
-	if err := validateKey(collection, id); err != nil {
+	c, err := planDelete(collection, id, conds)
+	if err != nil {
 		return Change{}, err
 	}
-	match, _, absent := checkConds(conds)
-	if absent {
-		// If-None-Match: * on a delete can only succeed on nothing to delete.
-		return Change{}, ErrPrecondition
-	}
 	ch := Change{Collection: collection, ID: id, Deleted: true}
-	err := t.queryRow(ctx, []any{&ch.Version, &ch.UpdatedAt}, deleteSQL, collection, id, match)
+	err = t.queryRow(ctx, []any{&ch.Version, &ch.UpdatedAt}, c.sql, c.args...)
 	if errors.Is(err, pgx.ErrNoRows) {
-		if len(conds) > 0 {
-			return Change{}, ErrPrecondition
-		}
-		return Change{}, ErrNotFound
+		return Change{}, c.noRows
 	}
 	if err != nil {
 		return Change{}, fmt.Errorf("delete %s/%s: %w", collection, id, err)
