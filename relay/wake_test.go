@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/writethrough/writethrough/internal/fence"
@@ -33,12 +32,7 @@ func TestLocalWriterWakesRelayWithoutNotify(t *testing.T) {
 	require.NoError(t, err)
 	defer w.Close()
 
-	conn, err := b.env.Pool.Acquire(ctx)
-	require.NoError(t, err)
-	listener := conn.Hijack()
-	defer listener.Close(context.Background())
-	_, err = listener.Exec(ctx, "LISTEN "+pgx.Identifier{b.env.Schema + "_outbox"}.Sanitize())
-	require.NoError(t, err)
+	listener := b.env.Listen(t)
 
 	// Let the wake-ups of taking the leases pass first.
 	time.Sleep(200 * time.Millisecond)

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/writethrough/writethrough/outbox"
@@ -211,14 +210,9 @@ func TestWriteNotifiesItsPartitions(t *testing.T) {
 	b := setup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, err := b.env.Pool.Acquire(ctx)
-	require.NoError(t, err)
-	listener := conn.Hijack()
-	defer listener.Close(context.Background())
-	_, err = listener.Exec(ctx, "LISTEN "+pgx.Identifier{b.env.Schema + "_outbox"}.Sanitize())
-	require.NoError(t, err)
+	listener := b.env.Listen(t)
 
-	_, err = b.w.Put(ctx, "users", "7", []byte(`{}`))
+	_, err := b.w.Put(ctx, "users", "7", []byte(`{}`))
 	require.NoError(t, err)
 	n, err := listener.WaitForNotification(ctx)
 	require.NoError(t, err)

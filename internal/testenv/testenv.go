@@ -147,3 +147,17 @@ func Eventually(t testing.TB, d time.Duration, cond func() bool, msg string, arg
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// Listen returns a connection of its own, LISTENing on the relays' channel
+// of the schema ("<schema>_outbox"); it is closed at cleanup.
+func (e *Env) Listen(t testing.TB) *pgx.Conn {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := e.Pool.Acquire(ctx)
+	require.NoError(t, err)
+	listener := conn.Hijack()
+	t.Cleanup(func() { _ = listener.Close(context.Background()) })
+	_, err = listener.Exec(ctx, "LISTEN "+pgx.Identifier{e.Schema + "_outbox"}.Sanitize())
+	require.NoError(t, err)
+	return listener
+}
