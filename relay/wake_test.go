@@ -34,8 +34,8 @@ func TestLocalWriterWakesRelayWithoutNotify(t *testing.T) {
 
 	listener := b.env.Listen(t)
 
-	// Let the wake-ups of taking the leases pass first.
-	time.Sleep(200 * time.Millisecond)
+	// The wake-up of taking the leases has been taken by a claim.
+	eventually(t, 5*time.Second, func() bool { return r.wakeParts.Load() == 0 }, "the leases' wake-up claimed")
 	for i := range 5 {
 		_, err := w.Put(ctx, "users", "local-"+string(rune('a'+i)), []byte(`{}`))
 		require.NoError(t, err)
@@ -57,7 +57,8 @@ func pgconnTimeout(err error) bool {
 // TestLocalWriterSettlesCacheWithoutRead: entries whose cache write the
 // writer in this process saw succeed are settled when published, without
 // the relay reading the cache. The relay here looks at another key prefix,
-// where it would find nothing and repair every key after the grace.
+// where it would find nothing, and its repair grace outlasts the test, so
+// an entry it had to check would stay unsettled.
 func TestLocalWriterSettlesCacheWithoutRead(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -65,6 +66,7 @@ func TestLocalWriterSettlesCacheWithoutRead(t *testing.T) {
 	elsewhere, err := fence.New(b.env.Redis, fence.Config{Prefix: b.env.Prefix + "elsewhere:"})
 	require.NoError(t, err)
 	cfg := b.config(elsewhere)
+	cfg.RepairGrace = time.Hour // an unsettled entry stays pending throughout the test
 	r := b.start(t, cfg)
 	eventually(t, 10*time.Second, func() bool { return r.leases.workableSet() == outbox.AllParts }, "the relay holds every partition")
 	w, err := writer.New(writer.Config{Pool: b.env.Pool, Fence: b.env.Fence, LocalRelay: r})
@@ -77,7 +79,6 @@ func TestLocalWriterSettlesCacheWithoutRead(t *testing.T) {
 		require.Equal(t, writer.CacheOK, res.CacheWrite)
 	}
 	eventually(t, 5*time.Second, func() bool { return countState(t, b.env, `publish_state = 'done' AND cache_state = 'done'`) == 20 }, "every entry published and settled")
-	time.Sleep(2 * cfg.RepairGrace)
 	n, err := b.env.Redis.Exists(ctx, b.env.Prefix+"elsewhere:users:s0").Result()
 	require.NoError(t, err)
 	require.Zero(t, n, "the relay repaired a key the writer had cached")

@@ -219,7 +219,6 @@ func TestWriteNotifiesItsPartitions(t *testing.T) {
 	require.Equal(t, outbox.PartSet(0).With(outbox.PartitionOf("users", "7")), outbox.ParsePartSet(n.Payload), "payload %q", n.Payload)
 
 	// A transaction of several keys names each of their partitions.
-	time.Sleep(5 * time.Millisecond) // past the waker's gap, so one NOTIFY carries both
 	_, err = b.w.Do(ctx, func(tx writer.Tx) error {
 		if _, err := tx.Put(ctx, "users", "8", []byte(`{}`)); err != nil {
 			return err
