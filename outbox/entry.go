@@ -174,14 +174,9 @@ func QueueInsert(b *pgx.Batch, entries []*Entry) error {
 	tps := make([]*string, n)
 	tss := make([]*string, n)
 	for i, e := range entries {
-		if e.EventID == uuid.Nil {
-			id, err := uuid.NewV7()
-			if err != nil {
-				return fmt.Errorf("new event id: %w", err)
-			}
-			e.EventID = id
+		if err := e.fillIDs(); err != nil {
+			return err
 		}
-		e.Partition = PartitionOf(e.Collection, e.EntityID)
 		ids[i], parts[i], cols[i], eids[i], vers[i], ops[i], times[i] = e.EventID, int32(e.Partition), e.Collection, e.EntityID, e.Version, string(e.Op), e.CommittedAt
 		if e.Data != nil {
 			s := string(e.Data)
@@ -215,7 +210,9 @@ func QueueInsert(b *pgx.Batch, entries []*Entry) error {
 	return nil
 }
 
-func queueInsertOne(b *pgx.Batch, e *Entry) error {
+// fillIDs gives e a new event id (UUIDv7) when it has none, and its
+// partition.
+func (e *Entry) fillIDs() error {
 	if e.EventID == uuid.Nil {
 		id, err := uuid.NewV7()
 		if err != nil {
@@ -224,6 +221,13 @@ func queueInsertOne(b *pgx.Batch, e *Entry) error {
 		e.EventID = id
 	}
 	e.Partition = PartitionOf(e.Collection, e.EntityID)
+	return nil
+}
+
+func queueInsertOne(b *pgx.Batch, e *Entry) error {
+	if err := e.fillIDs(); err != nil {
+		return err
+	}
 	var data, tp, ts *string
 	if e.Data != nil {
 		d := string(e.Data)
