@@ -238,7 +238,7 @@ func (w *Writer) commitWith(ctx context.Context, attempt func() (*txn, error)) (
 		var cached []int64
 		for _, e := range t.entries {
 			parts = parts.With(e.Partition)
-			if res.CacheWrite == CacheOK {
+			if w.waker.local != nil && res.CacheWrite == CacheOK { // only an in-process relay uses them
 				cached = append(cached, e.Seq)
 			}
 		}
