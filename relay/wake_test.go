@@ -67,18 +67,25 @@ func TestLocalWriterSettlesCacheWithoutRead(t *testing.T) {
 	require.NoError(t, err)
 	cfg := b.config(elsewhere)
 	cfg.RepairGrace = time.Hour // an unsettled entry stays pending throughout the test
+	// Only the writer's wake-ups start claims, so none reads an entry
+	// between its commit and the writer's word on its cache write (such a
+	// claim reads the cache, as for a writer elsewhere).
+	cfg.PollInterval = time.Hour
 	r := b.start(t, cfg)
 	eventually(t, 10*time.Second, func() bool { return r.leases.workableSet() == outbox.AllParts }, "the relay holds every partition")
 	w, err := writer.New(writer.Config{Pool: b.env.Pool, Fence: b.env.Fence, LocalRelay: r})
 	require.NoError(t, err)
 	defer w.Close()
 
+	eventually(t, 5*time.Second, func() bool { return r.wakeParts.Load() == 0 }, "the leases' wake-up claimed")
 	for i := range 20 {
 		res, err := w.Put(ctx, "users", fmt.Sprintf("s%d", i), []byte(`{}`))
 		require.NoError(t, err)
 		require.Equal(t, writer.CacheOK, res.CacheWrite)
+		eventually(t, 5*time.Second, func() bool {
+			return countState(t, b.env, `publish_state = 'done' AND cache_state = 'done'`) == i+1
+		}, "entry %d published and settled", i)
 	}
-	eventually(t, 5*time.Second, func() bool { return countState(t, b.env, `publish_state = 'done' AND cache_state = 'done'`) == 20 }, "every entry published and settled")
 	n, err := b.env.Redis.Exists(ctx, b.env.Prefix+"elsewhere:users:s0").Result()
 	require.NoError(t, err)
 	require.Zero(t, n, "the relay repaired a key the writer had cached")
