@@ -42,7 +42,7 @@ func TestRedisOutageConverges(t *testing.T) {
 	t.Parallel()
 	env := testenv.New(t)
 	rs := startRedis(t)
-	rdb := redis.NewClient(&redis.Options{Addr: rs.url("redis")[len("redis://"):], MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	rdb := redis.NewClient(&redis.Options{Addr: rs.url("redis")[len("redis://"):], MaxRetries: -1, DialTimeout: 200 * time.Millisecond, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { closeRedis(t, rdb) })
 	f, err := fence.New(rdb, fence.Config{Prefix: env.Prefix})
 	require.NoError(t, err)

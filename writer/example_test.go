@@ -43,6 +43,7 @@ func ExampleNewHandler() {
 		fmt.Println(err)
 		return
 	}
+	opt.ContextTimeoutEnabled = true // the writer bounds cache calls by deadlines
 	rdb := redis.NewClient(opt)
 	defer func() {
 		testenv.DeletePrefix(rdb, prefix)

@@ -3,6 +3,8 @@ package writer_test
 import (
 	"context"
 	"errors"
+	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,7 +23,7 @@ func TestRedisUnreachableWritesPending(t *testing.T) {
 	t.Parallel()
 	env := testenv.New(t)
 	ctx := context.Background()
-	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 50 * time.Millisecond})
+	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 50 * time.Millisecond, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { dead.Close() })
 	f, err := fence.New(dead, fence.Config{Prefix: env.Prefix})
 	require.NoError(t, err)
@@ -126,4 +128,72 @@ func TestInvalidInputCommitsNothing(t *testing.T) {
 		return err
 	})
 	require.ErrorIs(t, err, writer.ErrNotFound)
+}
+
+// hungRedis accepts connections and never answers, as a Redis stuck in a
+// long command or behind a dead link does.
+func hungRedis(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
+// A Redis that accepts but never answers holds a write no longer than the
+// cache timeout, and a read no longer than the read timeout: the write
+// reports pending, the read comes from Postgres. The client's own
+// ReadTimeout (3 s by default) would be far longer.
+func TestRedisHungBoundedByTimeouts(t *testing.T) {
+	t.Parallel()
+	env := testenv.New(t)
+	ctx := context.Background()
+	hung := redis.NewClient(&redis.Options{Addr: hungRedis(t), MaxRetries: -1, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { hung.Close() })
+	f, err := fence.New(hung, fence.Config{Prefix: env.Prefix})
+	require.NoError(t, err)
+	w, err := writer.New(writer.Config{Pool: env.Pool, Fence: f, CacheTimeout: 100 * time.Millisecond, ReadTimeout: 100 * time.Millisecond})
+	require.NoError(t, err)
+	t.Cleanup(w.Close)
+
+	start := time.Now()
+	res, err := w.Put(ctx, "users", "1", []byte(`{"a":1}`))
+	require.NoError(t, err)
+	require.Equal(t, writer.CachePending, res.CacheWrite)
+	require.Less(t, time.Since(start), 2*time.Second, "the write waited on Redis past its cache timeout")
+
+	start = time.Now()
+	e, src, err := w.Get(ctx, "users", "1")
+	require.NoError(t, err)
+	require.Equal(t, writer.FromPostgres, src)
+	require.EqualValues(t, 1, e.Version)
+	require.Less(t, time.Since(start), 2*time.Second, "the read waited on Redis past its read timeout")
+}
+
+// fence.New refuses a client that would ignore the writer's deadlines.
+func TestFenceRefusesClientWithoutContextTimeouts(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	t.Cleanup(func() { rdb.Close() })
+	_, err := fence.New(rdb, fence.Config{})
+	require.ErrorContains(t, err, "ContextTimeoutEnabled")
 }

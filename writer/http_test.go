@@ -158,7 +158,7 @@ func decodeEntity(t *testing.T, b []byte) entityBody {
 // unreachableRedis returns a fence over a Redis that refuses connections.
 func unreachableRedis(t *testing.T, prefix string) *fence.Fence {
 	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { rdb.Close() })
 	f, err := fence.New(rdb, fence.Config{Prefix: prefix})
 	require.NoError(t, err)

@@ -55,6 +55,8 @@ func (c *cli) connect(ctx context.Context, cfg *config.Config) (*deps, error) {
 		d.close()
 		return nil, fmt.Errorf("REDIS_URL: %v", redact(err))
 	}
+	// The writer bounds each cache call by its own deadline (fence.New).
+	opt.ContextTimeoutEnabled = true
 	d.rdb = redis.NewClient(opt)
 	if err := tel.InstrumentRedis(d.rdb); err != nil {
 		d.close()

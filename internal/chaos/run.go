@@ -168,7 +168,7 @@ func (r *run) setup(ctx context.Context) error {
 		return err
 	}
 	r.cleanups = append(r.cleanups, r.redis.kill)
-	r.rdb = redis.NewClient(&redis.Options{Addr: r.redis.Addr(), ReadTimeout: time.Second, WriteTimeout: time.Second, MaxRetries: -1})
+	r.rdb = redis.NewClient(&redis.Options{Addr: r.redis.Addr(), ReadTimeout: time.Second, WriteTimeout: time.Second, MaxRetries: -1, ContextTimeoutEnabled: true})
 	r.cleanups = append(r.cleanups, func() { r.rdb.Close() })
 
 	r.px = newProxies()

@@ -130,10 +130,17 @@ type Fence struct {
 	tombstoneTTL string
 }
 
-// New returns a Fence over rdb.
+// New returns a Fence over rdb. The client must honour the deadlines of
+// the contexts it is given (redis.Options.ContextTimeoutEnabled): the
+// writer bounds every cache write and read by one, and without it a hung
+// Redis would hold a write for the client's ReadTimeout (3 s by default)
+// instead of the writer's CacheTimeout.
 func New(rdb redis.UniversalClient, cfg Config) (*Fence, error) {
 	if rdb == nil {
 		return nil, errors.New("fence: nil redis client")
+	}
+	if !honoursDeadlines(rdb) {
+		return nil, errors.New("fence: the redis client ignores context deadlines; set ContextTimeoutEnabled in its options")
 	}
 	if cfg.ValueTTL < 0 {
 		return nil, errors.New("fence: ValueTTL must not be negative")
@@ -147,6 +154,18 @@ func New(rdb redis.UniversalClient, cfg Config) (*Fence, error) {
 		valueTTL:     strconv.FormatInt(cfg.ValueTTL.Milliseconds(), 10),
 		tombstoneTTL: strconv.FormatInt(cmp.Or(cfg.TombstoneTTL, 24*time.Hour).Milliseconds(), 10),
 	}, nil
+}
+
+// honoursDeadlines reports whether rdb bounds its network calls by the
+// context's deadline. Clients of other types are taken on trust.
+func honoursDeadlines(rdb redis.UniversalClient) bool {
+	switch c := rdb.(type) {
+	case *redis.Client:
+		return c.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		return c.Options().ContextTimeoutEnabled
+	}
+	return true
 }
 
 // Prefix returns the key prefix.

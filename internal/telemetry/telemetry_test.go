@@ -101,6 +101,7 @@ func newStack(t *testing.T, exp *tracetest.InMemoryExporter, logs io.Writer) *st
 	t.Cleanup(pool.Close)
 	opt, err := redis.ParseURL(env.RedisURL)
 	require.NoError(t, err)
+	opt.ContextTimeoutEnabled = true
 	rdb := redis.NewClient(opt)
 	t.Cleanup(func() { rdb.Close() })
 	require.NoError(t, tel.InstrumentRedis(rdb))

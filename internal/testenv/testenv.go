@@ -86,6 +86,7 @@ func New(t testing.TB) *Env {
 
 	opt, err := redis.ParseURL(e.RedisURL)
 	require.NoError(t, err)
+	opt.ContextTimeoutEnabled = true
 	e.Redis = redis.NewClient(opt)
 	require.NoError(t, e.Redis.Ping(ctx).Err(), "redis at %s", e.RedisURL)
 	e.Fence, err = fence.New(e.Redis, fence.Config{Prefix: e.Prefix})
