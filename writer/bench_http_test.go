@@ -2,9 +2,12 @@ package writer_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -53,5 +56,30 @@ func BenchmarkBareHMGET(b *testing.B) {
 		if _, err := env.Redis.HMGet(ctx, key, "v", "d", "u").Result(); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkPutConcurrent is Writer.Put from 16 goroutines over 10k keys,
+// with and without group commit.
+func BenchmarkPutConcurrent(b *testing.B) {
+	for _, size := range []int{1, 32} {
+		b.Run(fmt.Sprintf("group=%d", size), func(b *testing.B) {
+			env := testenv.New(b)
+			w, err := writer.New(writer.Config{Pool: env.Pool, Fence: env.Fence, GroupSize: size})
+			require.NoError(b, err)
+			b.Cleanup(w.Close)
+			var n atomic.Int64
+			b.SetParallelism(8)
+			b.RunParallel(func(pb *testing.PB) {
+				ctx := context.Background()
+				for pb.Next() {
+					id := strconv.FormatInt(n.Add(1)%10000, 10)
+					if _, err := w.Put(ctx, "users", id, []byte(`{"name":"Ada"}`)); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
 	}
 }

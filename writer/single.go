@@ -16,7 +16,8 @@ import (
 // Put creates or replaces one entity on its own, as Do with a single
 // tx.Put would, with the same conditions and results; it costs one round
 // trip to Postgres instead of two, because nothing of the application's
-// runs between the change and the COMMIT.
+// runs between the change and the COMMIT. Puts and Deletes that arrive
+// together may share a transaction (group.go); each keeps its own answer.
 func (w *Writer) Put(ctx context.Context, collection, id string, data []byte, conds ...Condition) (Result, error) {
 	start := time.Now()
 	res, err := w.put(ctx, collection, id, data, conds)
@@ -38,7 +39,7 @@ func (w *Writer) put(ctx context.Context, collection, id string, data []byte, co
 	if err != nil {
 		return Result{}, err
 	}
-	return w.commitWith(ctx, func() (*txn, error) { return w.attemptOne(ctx, collection, id, c) })
+	return w.group.write(ctx, collection, id, c)
 }
 
 func (w *Writer) delete(ctx context.Context, collection, id string, conds []Condition) (Result, error) {
@@ -46,7 +47,7 @@ func (w *Writer) delete(ctx context.Context, collection, id string, conds []Cond
 	if err != nil {
 		return Result{}, err
 	}
-	return w.commitWith(ctx, func() (*txn, error) { return w.attemptOne(ctx, collection, id, c) })
+	return w.group.write(ctx, collection, id, c)
 }
 
 // planPut checks a put and picks its statement, for txn.Put and Writer.Put
@@ -111,60 +112,91 @@ func (w *Writer) attemptOne(ctx context.Context, collection, id string, c oneCha
 	}
 	t := &txn{conn: conn, w: w, traceparent: traceparent(ctx), begun: true}
 	defer t.finish(ctx)
-
-	ch := Change{Collection: collection, ID: id, Deleted: c.op == outbox.OpDelete}
-	var text string
-	dest := []any{&ch.Version, &text, &ch.UpdatedAt, &ch.Created}
-	if ch.Deleted {
-		dest = []any{&ch.Version, &ch.UpdatedAt}
-	}
-	changed := false
-	e := &outbox.Entry{
-		EventID: newEventID(), Partition: outbox.PartitionOf(collection, id),
-		Collection: collection, EntityID: id, Op: c.op,
-		Traceparent: t.traceparent["traceparent"], Tracestate: t.traceparent["tracestate"],
-	}
-	recorded := 0
-	var tag pgconn.CommandTag
 	b := &pgx.Batch{}
 	b.Queue("begin")
-	b.Queue(c.sql, c.args...).QueryRow(func(row pgx.Row) error {
-		err := row.Scan(dest...)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil // commits nothing; answered below
-		}
-		changed = err == nil
-		return err
-	})
-	b.Queue(outboxOfChangeSQL, e.EventID, int32(e.Partition), string(c.op), nullable(e.Traceparent), nullable(e.Tracestate), collection, id).
-		Query(func(rows pgx.Rows) error {
-			_, err := pgx.ForEachRow(rows, []any{&e.Seq}, func() error { recorded++; return nil })
-			return err
-		})
-	b.Queue("commit").Exec(func(ct pgconn.CommandTag) error {
-		tag = ct
-		return nil
-	})
+	q := queueChange(b, collection, id, c, t.traceparent)
+	commitTag := queueCommit(b)
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("%s %s/%s: %w", c.op, collection, id, err)
 	}
-	if tag.String() != "COMMIT" {
+	if commitTag.String() != "COMMIT" {
 		return nil, fmt.Errorf("commit: %w", pgx.ErrTxCommitRollback)
 	}
 	t.done = true
-	if !changed {
-		return nil, c.noRows
+	ch, err := q.outcome()
+	if err != nil {
+		return nil, err
 	}
-	if recorded != 1 {
+	t.add(ch, q.entry)
+	return t, nil
+}
+
+// queuedChange is a one-change write queued in a batch: the change and
+// its outbox entry, and what they answer once the batch has run.
+type queuedChange struct {
+	c        oneChange
+	ch       Change
+	text     string
+	entry    *outbox.Entry
+	changed  bool
+	recorded int
+}
+
+// queueChange queues c and its outbox entry (outboxOfChangeSQL) in b,
+// inside the transaction b has begun.
+func queueChange(b *pgx.Batch, collection, id string, c oneChange, tp map[string]string) *queuedChange {
+	q := &queuedChange{c: c, ch: Change{Collection: collection, ID: id, Deleted: c.op == outbox.OpDelete}}
+	q.entry = &outbox.Entry{
+		EventID: newEventID(), Partition: outbox.PartitionOf(collection, id),
+		Collection: collection, EntityID: id, Op: c.op,
+		Traceparent: tp["traceparent"], Tracestate: tp["tracestate"],
+	}
+	dest := []any{&q.ch.Version, &q.text, &q.ch.UpdatedAt, &q.ch.Created}
+	if q.ch.Deleted {
+		dest = []any{&q.ch.Version, &q.ch.UpdatedAt}
+	}
+	b.Queue(c.sql, c.args...).QueryRow(func(row pgx.Row) error {
+		err := row.Scan(dest...)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil // commits nothing; answered by outcome
+		}
+		q.changed = err == nil
+		return err
+	})
+	e := q.entry
+	b.Queue(outboxOfChangeSQL, e.EventID, int32(e.Partition), string(c.op), nullable(e.Traceparent), nullable(e.Tracestate), collection, id).
+		Query(func(rows pgx.Rows) error {
+			_, err := pgx.ForEachRow(rows, []any{&e.Seq}, func() error { q.recorded++; return nil })
+			return err
+		})
+	return q
+}
+
+// queueCommit queues COMMIT in b; the tag it answered is read once b has run.
+func queueCommit(b *pgx.Batch) *pgconn.CommandTag {
+	tag := new(pgconn.CommandTag)
+	b.Queue("commit").Exec(func(ct pgconn.CommandTag) error {
+		*tag = ct
+		return nil
+	})
+	return tag
+}
+
+// outcome is the committed change, or the answer to a change that found no
+// row to change.
+func (q *queuedChange) outcome() (Change, error) {
+	if !q.changed {
+		return Change{}, q.c.noRows
+	}
+	if q.recorded != 1 {
 		// Cannot happen while outboxOfChangeSQL's xmin test holds; were it ever to
 		// fail, say so rather than claim the change reached the outbox.
-		return nil, fmt.Errorf("%s %s/%s: committed without its outbox entry (recorded %d)", c.op, collection, id, recorded)
+		return Change{}, fmt.Errorf("%s %s/%s: committed without its outbox entry (recorded %d)", q.c.op, q.ch.Collection, q.ch.ID, q.recorded)
 	}
-	if !ch.Deleted {
-		ch.Data = json.RawMessage(text)
+	if !q.ch.Deleted {
+		q.ch.Data = json.RawMessage(q.text)
 	}
-	t.add(ch, e)
-	return t, nil
+	return q.ch, nil
 }
 
 func nullable(s string) *string {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -45,6 +46,10 @@ type Config struct {
 	Logger *slog.Logger
 	// MeterProvider for metrics; default the global one.
 	MeterProvider metric.MeterProvider
+	// GroupSize is the most one-change writes (Put, Delete) that may share
+	// one transaction when they arrive together (group commit; see
+	// group.go). 1 commits each on its own. Default 32.
+	GroupSize int
 	// LocalRelay, when set, is a relay in the same process: after a
 	// commit it is woken directly for the partitions it holds, and only
 	// the others are announced to relays elsewhere with NOTIFY.
@@ -108,6 +113,7 @@ type Writer struct {
 	log          *slog.Logger
 	metrics      *metrics
 	waker        *waker
+	group        *committer
 	closeOnce    sync.Once
 }
 
@@ -119,8 +125,8 @@ func New(cfg Config) (*Writer, error) {
 	if cfg.Fence == nil {
 		return nil, errors.New("writer: Config.Fence is required")
 	}
-	if cfg.CacheTimeout < 0 || cfg.ReadTimeout < 0 || cfg.MaxAttempts < 0 {
-		return nil, errors.New("writer: Config.CacheTimeout, ReadTimeout and MaxAttempts must not be negative")
+	if cfg.CacheTimeout < 0 || cfg.ReadTimeout < 0 || cfg.MaxAttempts < 0 || cfg.GroupSize < 0 {
+		return nil, errors.New("writer: Config.CacheTimeout, ReadTimeout, MaxAttempts and GroupSize must not be negative")
 	}
 	m, err := newMetrics(cfg.MeterProvider)
 	if err != nil {
@@ -136,6 +142,10 @@ func New(cfg Config) (*Writer, error) {
 		metrics:      m,
 	}
 	w.waker = newWaker(cfg.Pool, w.log, cfg.LocalRelay)
+	w.group = &committer{
+		w: w, size: cmp.Or(cfg.GroupSize, 32), maxGroups: max(2, runtime.GOMAXPROCS(0)),
+		stall: groupStall, inflight: map[groupKey]int{},
+	}
 	return w, nil
 }
 
@@ -229,8 +239,14 @@ func (w *Writer) commitWith(ctx context.Context, attempt func() (*txn, error)) (
 	if err != nil {
 		return Result{}, classify(err)
 	}
+	return Result{Changes: t.changes, CacheWrite: w.afterCommit(ctx, t)}, nil
+}
+
+// afterCommit writes the changes t committed through to the cache, then
+// wakes the relays.
+func (w *Writer) afterCommit(ctx context.Context, t *txn) CacheWrite {
 	crashpoint.Hit("writer-after-commit")
-	res := Result{Changes: t.changes, CacheWrite: w.writeCache(ctx, t)}
+	cw := w.writeCache(ctx, t)
 	// Wake the relays once the cache write is done, so they usually find the
 	// cache already holding the version and need no repair.
 	if len(t.entries) > 0 {
@@ -238,14 +254,14 @@ func (w *Writer) commitWith(ctx context.Context, attempt func() (*txn, error)) (
 		var cached []int64
 		for _, e := range t.entries {
 			parts = parts.With(e.Partition)
-			if w.waker.local != nil && res.CacheWrite == CacheOK { // only an in-process relay uses them
+			if w.waker.local != nil && cw == CacheOK { // only an in-process relay uses them
 				cached = append(cached, e.Seq)
 			}
 		}
 		w.waker.poke(parts, cached)
 	}
 	crashpoint.Hit("writer-after-cache")
-	return res, nil
+	return cw
 }
 
 func classify(err error) error {

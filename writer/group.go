@@ -1,0 +1,309 @@
+package writer
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Group commit. One-change writes (Writer.Put and Writer.Delete) that arrive
+// while earlier ones are being committed share a transaction: one BEGIN, each
+// write's change and outbox entry, one COMMIT, then one pipelined cache write
+// for all of them. Postgres then pays one commit, one WAL flush and one round
+// trip for the lot instead of one each.
+//
+//   - A write never waits for company: when fewer than maxGroups groups are
+//     in flight, its caller commits at once whatever has queued, itself
+//     included. Writes queue only while maxGroups groups are in flight.
+//   - A group holds each key at most once, and takes its rows in key order,
+//     so two groups never deadlock on each other.
+//   - Each write keeps its own answer: a failed precondition or a missing
+//     entity commits nothing for that write and does not touch the others.
+//   - A statement error (a deadlock with another transaction, a value
+//     Postgres rejects) rolls the whole group back before its COMMIT; every
+//     write is then run again on its own, as if it had never been grouped,
+//     so one bad write fails only itself. An error that leaves the COMMIT's
+//     fate unknown (the connection lost) is every member's answer, as it
+//     would be for a write on its own.
+//   - A group that waits longer than groupStall (a row lock held by a long
+//     transaction elsewhere) stops counting against maxGroups, so writes to
+//     other keys go on in new groups; only its own members wait with it.
+
+// groupStall is how long a group may take before it no longer holds back
+// new groups.
+const groupStall = 20 * time.Millisecond
+
+// groupTimeout bounds one group's transaction. The group does not stop when
+// one member's context ends: the others still want their writes.
+const groupTimeout = 30 * time.Second
+
+// groupWrite is one write waiting for, or in, a group.
+type groupWrite struct {
+	ctx  context.Context
+	key  groupKey
+	c    oneChange
+	wake chan struct{} // finished, or asked to lead
+
+	// under committer.mu
+	taken    bool // in a group
+	finished bool // answered
+	lead     bool // asked to lead, not yet leading
+	leading  bool // its caller leads
+
+	res Result // valid once finished
+	err error
+}
+
+type groupKey struct{ collection, id string }
+
+// committer forms the groups of one Writer.
+type committer struct {
+	w         *Writer
+	size      int // most writes in one group
+	maxGroups int // most groups in flight before writes queue
+	stall     time.Duration
+
+	mu       sync.Mutex
+	queue    []*groupWrite
+	inflight map[groupKey]int // keys of the groups in flight
+	running  int              // groups in flight that are not stalled, and callers about to lead
+}
+
+func (c *committer) write(ctx context.Context, collection, id string, oc oneChange) (Result, error) {
+	if c.size <= 1 {
+		w := c.w
+		return w.commitWith(ctx, func() (*txn, error) { return w.attemptOne(ctx, collection, id, oc) })
+	}
+	g := &groupWrite{ctx: ctx, key: groupKey{collection, id}, c: oc, wake: make(chan struct{}, 1)}
+	c.mu.Lock()
+	c.queue = append(c.queue, g)
+	lead := c.running < c.maxGroups
+	if lead {
+		c.running++
+		g.leading = true
+	}
+	c.mu.Unlock()
+	done := ctx.Done()
+	for {
+		if lead && c.lead(g) {
+			return g.res, g.err
+		}
+		select {
+		case <-g.wake:
+		case <-done:
+			c.mu.Lock()
+			if !g.taken && !g.lead {
+				// Never sent: leave the queue and commit nothing.
+				c.queue = slices.DeleteFunc(c.queue, func(q *groupWrite) bool { return q == g })
+				c.mu.Unlock()
+				return Result{}, classify(ctx.Err())
+			}
+			c.mu.Unlock()
+			done = nil // sent, or asked to lead: wait for the answer
+			continue
+		}
+		c.mu.Lock()
+		finished := g.finished
+		lead, g.lead, g.leading = g.lead, false, g.lead
+		c.mu.Unlock()
+		if finished && !lead {
+			return g.res, g.err
+		}
+	}
+}
+
+// lead commits groups from the queue until own is answered, then passes
+// the lead to the first queued write whose caller is waiting, or stands
+// down. It reports false when it stood down before own was answered: own
+// is in another group, or waits for a key another group holds.
+func (c *committer) lead(own *groupWrite) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for !own.finished {
+		batch := c.takeLocked()
+		if len(batch) == 0 {
+			own.leading = false
+			c.running--
+			return false
+		}
+		c.mu.Unlock()
+		c.run(batch)
+		c.mu.Lock()
+	}
+	own.leading = false
+	if !c.passLeadLocked() {
+		c.running--
+	}
+	return true
+}
+
+// passLeadLocked asks the first queued write whose caller is not leading
+// already to lead, and reports whether there was one.
+func (c *committer) passLeadLocked() bool {
+	for _, g := range c.queue {
+		if !g.leading && !g.lead {
+			g.lead = true
+			signal(g.wake)
+			return true
+		}
+	}
+	return false
+}
+
+// takeLocked takes up to size queued writes in queue order, skipping keys
+// a group already holds: such a write would only wait for that group's row
+// lock, and hold up the rest of its own group meanwhile.
+func (c *committer) takeLocked() []*groupWrite {
+	var batch []*groupWrite
+	rest := c.queue[:0]
+	for _, g := range c.queue {
+		if len(batch) < c.size && c.inflight[g.key] == 0 {
+			c.inflight[g.key]++
+			g.taken = true
+			batch = append(batch, g)
+			continue
+		}
+		rest = append(rest, g)
+	}
+	clear(c.queue[len(rest):])
+	c.queue = rest
+	return batch
+}
+
+// run commits batch and answers each of its writes.
+func (c *committer) run(batch []*groupWrite) {
+	stalled, done := false, false
+	timer := time.AfterFunc(c.stall, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if done {
+			return
+		}
+		// Stop holding back new groups; start one if writes are queued.
+		stalled = true
+		if !c.passLeadLocked() {
+			c.running--
+		}
+	})
+	c.commit(batch)
+	timer.Stop()
+	c.mu.Lock()
+	done = true
+	if stalled {
+		c.running++ // this leader goes on leading, or stands down, as usual
+	}
+	for _, g := range batch {
+		if c.inflight[g.key]--; c.inflight[g.key] == 0 {
+			delete(c.inflight, g.key)
+		}
+		g.finished = true
+		signal(g.wake)
+	}
+	c.mu.Unlock()
+}
+
+// commit commits batch as one transaction, or each write on its own.
+func (c *committer) commit(batch []*groupWrite) {
+	w := c.w
+	if len(batch) == 1 {
+		g := batch[0]
+		g.res, g.err = w.commitWith(g.ctx, func() (*txn, error) { return w.attemptOne(g.ctx, g.key.collection, g.key.id, g.c) })
+		return
+	}
+	// Key order, so that groups in flight together take their locks in the
+	// same order.
+	slices.SortFunc(batch, func(a, b *groupWrite) int {
+		return cmp.Or(cmp.Compare(a.key.collection, b.key.collection), cmp.Compare(a.key.id, b.key.id))
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), groupTimeout)
+	defer cancel()
+	t, queued, err := w.attemptGroup(ctx, batch)
+	var rolledBack *groupRolledBack
+	switch {
+	case errors.As(err, &rolledBack):
+		// Nothing committed: run each write on its own, as if never grouped.
+		w.log.LogAttrs(ctx, slog.LevelDebug, "group rolled back; its writes run on their own",
+			slog.Int("writes", len(batch)), slog.String("error", err.Error()))
+		var wg sync.WaitGroup
+		for _, g := range batch {
+			wg.Go(func() {
+				g.res, g.err = w.commitWith(g.ctx, func() (*txn, error) { return w.attemptOne(g.ctx, g.key.collection, g.key.id, g.c) })
+			})
+		}
+		wg.Wait()
+		return
+	case err != nil:
+		for _, g := range batch {
+			g.err = classify(err)
+		}
+		return
+	}
+	cw := w.afterCommit(ctx, t)
+	for i, g := range batch {
+		ch, err := queued[i].outcome()
+		if err != nil {
+			g.err = err
+			continue
+		}
+		ch.EventID = queued[i].entry.EventID.String()
+		g.res = Result{Changes: []Change{ch}, CacheWrite: cw}
+	}
+}
+
+// groupRolledBack is a group that failed before its COMMIT: nothing of it
+// was committed.
+type groupRolledBack struct{ err error }
+
+func (e *groupRolledBack) Error() string { return "group rolled back: " + e.err.Error() }
+func (e *groupRolledBack) Unwrap() error { return e.err }
+
+// attemptGroup sends BEGIN, every write's change and outbox entry, and
+// COMMIT in one batch.
+func (w *Writer) attemptGroup(ctx context.Context, batch []*groupWrite) (*txn, []*queuedChange, error) {
+	conn, err := w.pool.Acquire(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("begin: %w", err)
+	}
+	t := &txn{conn: conn, w: w, begun: true}
+	defer t.finish(ctx)
+	b := &pgx.Batch{}
+	b.Queue("begin")
+	queued := make([]*queuedChange, len(batch))
+	for i, g := range batch {
+		queued[i] = queueChange(b, g.key.collection, g.key.id, g.c, traceparent(g.ctx))
+	}
+	commitTag := queueCommit(b)
+	err = conn.SendBatch(ctx, b).Close()
+	var pgErr *pgconn.PgError
+	switch {
+	case err != nil && errors.As(err, &pgErr) && commitTag.String() == "":
+		// A statement failed, so Postgres skipped the rest, COMMIT included.
+		return nil, nil, &groupRolledBack{err: err}
+	case err != nil:
+		return nil, nil, fmt.Errorf("group of %d writes: %w", len(batch), err)
+	case commitTag.String() != "COMMIT":
+		return nil, nil, &groupRolledBack{err: pgx.ErrTxCommitRollback}
+	}
+	t.done = true
+	for _, q := range queued {
+		if ch, err := q.outcome(); err == nil {
+			t.add(ch, q.entry)
+		}
+	}
+	return t, queued, nil
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
