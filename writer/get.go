@@ -47,9 +47,7 @@ func (w *Writer) Get(ctx context.Context, collection, id string) (Entity, Source
 	if err := validateKey(collection, id); err != nil {
 		return Entity{}, 0, err
 	}
-	rctx, cancel := context.WithTimeout(ctx, w.readTimeout)
-	c, hit, err := w.fence.Get(rctx, collection, id)
-	cancel()
+	c, hit, err := w.fence.Get(withDeadline(ctx, time.Now().Add(w.readTimeout)), collection, id)
 	switch {
 	case err != nil:
 		w.metrics.cacheReads.Add(ctx, 1, readError)
@@ -90,3 +88,22 @@ func (w *Writer) Get(ctx context.Context, collection, id string) (Entity, Source
 	}
 	return e, FromPostgres, nil
 }
+
+// deadlineCtx is ctx with an earlier deadline and no timer of its own. The
+// Redis client (ContextTimeoutEnabled) turns the deadline into the
+// connection's I/O deadline, which is all a read needs: unlike
+// context.WithTimeout it neither starts a timer nor registers with ctx on
+// every cache read. Done and Err stay ctx's.
+type deadlineCtx struct {
+	context.Context
+	deadline time.Time
+}
+
+func withDeadline(ctx context.Context, d time.Time) context.Context {
+	if cur, ok := ctx.Deadline(); ok && cur.Before(d) {
+		return ctx
+	}
+	return deadlineCtx{Context: ctx, deadline: d}
+}
+
+func (c deadlineCtx) Deadline() (time.Time, bool) { return c.deadline, true }

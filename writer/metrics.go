@@ -49,17 +49,35 @@ func (m *metrics) recordWrite(ctx context.Context, start time.Time, res Result, 
 	default:
 		outcome = "error"
 	}
-	m.writeDuration.Record(ctx, time.Since(start).Seconds(), metric.WithAttributes(attribute.String("outcome", outcome)))
+	opt, ok := outcomeAttrs[outcome]
+	if !ok {
+		opt = outcomeAttr(outcome)
+	}
+	m.writeDuration.Record(ctx, time.Since(start).Seconds(), opt)
 }
 
+// The attribute sets of the counters, built once rather than on every
+// request.
 var (
-	cacheOK        = metric.WithAttributes(attribute.String("result", "ok"))
-	cachePending   = metric.WithAttributes(attribute.String("result", "pending"))
-	cacheFencedOut = metric.WithAttributes(attribute.String("result", "fenced_out"))
-	readHit        = metric.WithAttributes(attribute.String("result", "hit"))
-	readMiss       = metric.WithAttributes(attribute.String("result", "miss"))
-	readError      = metric.WithAttributes(attribute.String("result", "error"))
+	cacheOK        = resultAttr("ok")
+	cachePending   = resultAttr("pending")
+	cacheFencedOut = resultAttr("fenced_out")
+	readHit        = resultAttr("hit")
+	readMiss       = resultAttr("miss")
+	readError      = resultAttr("error")
+	outcomeAttrs   = map[string]metric.MeasurementOption{
+		"ok": outcomeAttr("ok"), "pending": outcomeAttr("pending"), "rejected": outcomeAttr("rejected"),
+		"conflict": outcomeAttr("conflict"), "error": outcomeAttr("error"),
+	}
 )
+
+func resultAttr(v string) metric.MeasurementOption {
+	return metric.WithAttributeSet(attribute.NewSet(attribute.String("result", v)))
+}
+
+func outcomeAttr(v string) metric.MeasurementOption {
+	return metric.WithAttributeSet(attribute.NewSet(attribute.String("outcome", v)))
+}
 
 func (m *metrics) recordCache(ctx context.Context, outcomes []fence.Outcome) {
 	var ok, pending, fenced int64

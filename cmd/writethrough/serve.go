@@ -98,11 +98,8 @@ func serveCmd(ctx context.Context, c *cli, args []string) int {
 			},
 		},
 	})
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", d.tel.MetricsHandler)
-	mux.Handle("/", api)
 	srv := &http.Server{
-		Handler:           d.tel.WrapHandler(mux),
+		Handler:           d.tel.WrapHandler(withMetrics(api, d.tel.MetricsHandler)),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		WriteTimeout:      60 * time.Second,
@@ -149,4 +146,16 @@ func stopAll(log *slog.Logger, stopRelay func(context.Context) error, timeout ti
 	if err := stopRelay(ctx); err != nil {
 		log.Error("stop relay", slog.String("error", redact(err).Error()))
 	}
+}
+
+// withMetrics serves GET and HEAD /metrics from metrics and everything else
+// from api, without a second mux on the path of every API request.
+func withMetrics(api, metrics http.Handler) http.Handler {
+	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+			metrics.ServeHTTP(rw, r)
+			return
+		}
+		api.ServeHTTP(rw, r)
+	})
 }
