@@ -79,8 +79,7 @@ type committer struct {
 
 func (c *committer) write(ctx context.Context, collection, id string, oc oneChange) (Result, error) {
 	if c.size <= 1 {
-		w := c.w
-		return w.commitWith(ctx, func() (*txn, error) { return w.attemptOne(ctx, collection, id, oc) })
+		return c.w.commitOne(ctx, collection, id, oc)
 	}
 	g := &groupWrite{ctx: ctx, key: groupKey{collection, id}, c: oc, wake: make(chan struct{}, 1)}
 	c.mu.Lock()
@@ -215,7 +214,7 @@ func (c *committer) commit(batch []*groupWrite) {
 	w := c.w
 	if len(batch) == 1 {
 		g := batch[0]
-		g.res, g.err = w.commitWith(g.ctx, func() (*txn, error) { return w.attemptOne(g.ctx, g.key.collection, g.key.id, g.c) })
+		g.res, g.err = w.commitOne(g.ctx, g.key.collection, g.key.id, g.c)
 		return
 	}
 	// Key order, so that groups in flight together take their locks in the
@@ -235,7 +234,7 @@ func (c *committer) commit(batch []*groupWrite) {
 		var wg sync.WaitGroup
 		for _, g := range batch {
 			wg.Go(func() {
-				g.res, g.err = w.commitWith(g.ctx, func() (*txn, error) { return w.attemptOne(g.ctx, g.key.collection, g.key.id, g.c) })
+				g.res, g.err = w.commitOne(g.ctx, g.key.collection, g.key.id, g.c)
 			})
 		}
 		wg.Wait()
@@ -246,15 +245,19 @@ func (c *committer) commit(batch []*groupWrite) {
 		}
 		return
 	}
-	cw := w.afterCommit(ctx, t)
 	for i, g := range batch {
 		ch, err := queued[i].outcome()
 		if err != nil {
 			g.err = err
 			continue
 		}
-		ch.EventID = queued[i].entry.EventID.String()
-		g.res = Result{Changes: []Change{ch}, CacheWrite: cw}
+		g.res.Changes = []Change{t.add(ch, queued[i].entry)}
+	}
+	cw := w.afterCommit(ctx, t)
+	for _, g := range batch {
+		if g.err == nil {
+			g.res.CacheWrite = cw
+		}
 	}
 }
 
@@ -266,7 +269,8 @@ func (e *groupRolledBack) Error() string { return "group rolled back: " + e.err.
 func (e *groupRolledBack) Unwrap() error { return e.err }
 
 // attemptGroup sends BEGIN, every write's change and outbox entry, and
-// COMMIT in one batch.
+// COMMIT in one batch, and returns the committed transaction (its changes
+// not yet added) with what each write's statements answered.
 func (w *Writer) attemptGroup(ctx context.Context, batch []*groupWrite) (*txn, []*queuedChange, error) {
 	conn, err := w.pool.Acquire(ctx)
 	if err != nil {
@@ -293,11 +297,6 @@ func (w *Writer) attemptGroup(ctx context.Context, batch []*groupWrite) (*txn, [
 		return nil, nil, &groupRolledBack{err: pgx.ErrTxCommitRollback}
 	}
 	t.done = true
-	for _, q := range queued {
-		if ch, err := q.outcome(); err == nil {
-			t.add(ch, q.entry)
-		}
-	}
 	return t, queued, nil
 }
 

@@ -102,6 +102,12 @@ type oneChange struct {
 	noRows error // the answer when the statement changed no row
 }
 
+// commitOne commits a one-change write on its own transaction, again after
+// a serialization failure or deadlock.
+func (w *Writer) commitOne(ctx context.Context, collection, id string, c oneChange) (Result, error) {
+	return w.commitWith(ctx, func() (*txn, error) { return w.attemptOne(ctx, collection, id, c) })
+}
+
 // attemptOne sends BEGIN, the change, its outbox entry (outboxOfChangeSQL) and
 // COMMIT in one batch. A change that found no row to change commits an
 // empty transaction, outboxOfChangeSQL having recorded nothing.
