@@ -21,8 +21,13 @@ import (
 // trip for the lot instead of one each.
 //
 //   - A write never waits for company: when fewer than maxGroups groups are
-//     in flight, its caller commits at once whatever has queued, itself
-//     included. Writes queue only while maxGroups groups are in flight.
+//     in their transaction, its caller commits at once whatever has queued,
+//     itself included. Writes queue only while maxGroups transactions are in
+//     flight; a group that has committed writes the cache without counting,
+//     so the next group's transaction overlaps that cache write.
+//   - Once sent, a write runs to its end even if its caller's context ends
+//     (bounded by groupTimeout): the other writes of its group want theirs.
+//     A write still queued when its context ends leaves and commits nothing.
 //   - A group holds each key at most once, and takes its rows in key order,
 //     so two groups never deadlock on each other.
 //   - Each write keeps its own answer: a failed precondition or a missing
@@ -119,29 +124,43 @@ func (c *committer) write(ctx context.Context, collection, id string, oc oneChan
 	}
 }
 
-// lead commits groups from the queue until own is answered, then passes
-// the lead to the first queued write whose caller is waiting, or stands
-// down. It reports false when it stood down before own was answered: own
-// is in another group, or waits for a key another group holds.
+// lead commits one group from the queue and answers its writes. It gives
+// up its place among the groups in flight as soon as the group has
+// committed, passing the lead to the first queued write whose caller waits,
+// so the next group's transaction runs while this one writes the cache. It
+// reports whether own has its answer; if not, own is in another group, or
+// still queued (the group was full, or another group holds its key).
 func (c *committer) lead(own *groupWrite) bool {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	for !own.finished {
-		batch := c.takeLocked()
-		if len(batch) == 0 {
-			own.leading = false
-			c.running--
-			return false
-		}
+	batch := c.takeLocked()
+	if len(batch) == 0 {
+		own.leading = false
+		c.running--
+		finished := own.finished
 		c.mu.Unlock()
-		c.run(batch)
-		c.mu.Lock()
+		return finished
+	}
+	c.mu.Unlock()
+	answer := c.commit(batch)
+	c.mu.Lock()
+	for _, g := range batch {
+		if c.inflight[g.key]--; c.inflight[g.key] == 0 {
+			delete(c.inflight, g.key)
+		}
 	}
 	own.leading = false
 	if !c.passLeadLocked() {
 		c.running--
 	}
-	return true
+	c.mu.Unlock()
+	answer()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, g := range batch {
+		g.finished = true
+		signal(g.wake)
+	}
+	return own.finished
 }
 
 // passLeadLocked asks the first queued write whose caller is not leading
@@ -177,8 +196,11 @@ func (c *committer) takeLocked() []*groupWrite {
 	return batch
 }
 
-// run commits batch and answers each of its writes.
-func (c *committer) run(batch []*groupWrite) {
+// commit commits batch in one transaction, or each write on its own if
+// the group was rolled back, and returns what still has to be done to
+// answer its writes: the cache write of a committed group. A group that
+// takes longer than c.stall stops counting against maxGroups meanwhile.
+func (c *committer) commit(batch []*groupWrite) (answer func()) {
 	stalled, done := false, false
 	timer := time.AfterFunc(c.stall, func() {
 		c.mu.Lock()
@@ -192,38 +214,25 @@ func (c *committer) run(batch []*groupWrite) {
 			c.running--
 		}
 	})
-	c.commit(batch)
+	answer = c.commitGroup(batch)
 	timer.Stop()
 	c.mu.Lock()
 	done = true
 	if stalled {
-		c.running++ // this leader goes on leading, or stands down, as usual
-	}
-	for _, g := range batch {
-		if c.inflight[g.key]--; c.inflight[g.key] == 0 {
-			delete(c.inflight, g.key)
-		}
-		g.finished = true
-		signal(g.wake)
+		c.running++ // the leader gives its place up as usual
 	}
 	c.mu.Unlock()
+	return answer
 }
 
-// commit commits batch as one transaction, or each write on its own.
-func (c *committer) commit(batch []*groupWrite) {
+func (c *committer) commitGroup(batch []*groupWrite) (answer func()) {
 	w := c.w
-	if len(batch) == 1 {
-		g := batch[0]
-		g.res, g.err = w.commitOne(g.ctx, g.key.collection, g.key.id, g.c)
-		return
-	}
 	// Key order, so that groups in flight together take their locks in the
 	// same order.
 	slices.SortFunc(batch, func(a, b *groupWrite) int {
 		return cmp.Or(cmp.Compare(a.key.collection, b.key.collection), cmp.Compare(a.key.id, b.key.id))
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), groupTimeout)
-	defer cancel()
 	t, queued, err := w.attemptGroup(ctx, batch)
 	var rolledBack *groupRolledBack
 	switch {
@@ -231,19 +240,19 @@ func (c *committer) commit(batch []*groupWrite) {
 		// Nothing committed: run each write on its own, as if never grouped.
 		w.log.LogAttrs(ctx, slog.LevelDebug, "group rolled back; its writes run on their own",
 			slog.Int("writes", len(batch)), slog.String("error", err.Error()))
+		cancel()
 		var wg sync.WaitGroup
 		for _, g := range batch {
-			wg.Go(func() {
-				g.res, g.err = w.commitOne(g.ctx, g.key.collection, g.key.id, g.c)
-			})
+			wg.Go(func() { g.res, g.err = w.commitOne(g.ctx, g.key.collection, g.key.id, g.c) })
 		}
 		wg.Wait()
-		return
+		return func() {}
 	case err != nil:
+		cancel()
 		for _, g := range batch {
 			g.err = classify(err)
 		}
-		return
+		return func() {}
 	}
 	for i, g := range batch {
 		ch, err := queued[i].outcome()
@@ -253,10 +262,13 @@ func (c *committer) commit(batch []*groupWrite) {
 		}
 		g.res.Changes = []Change{t.add(ch, queued[i].entry)}
 	}
-	cw := w.afterCommit(ctx, t)
-	for _, g := range batch {
-		if g.err == nil {
-			g.res.CacheWrite = cw
+	return func() {
+		defer cancel()
+		cw := w.afterCommit(ctx, t)
+		for _, g := range batch {
+			if g.err == nil {
+				g.res.CacheWrite = cw
+			}
 		}
 	}
 }
