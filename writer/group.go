@@ -46,8 +46,9 @@ import (
 // new groups.
 const groupStall = 20 * time.Millisecond
 
-// groupTimeout bounds one group's transaction. The group does not stop when
-// one member's context ends: the others still want their writes.
+// groupTimeout bounds one group's transaction and cache write. The group
+// does not stop when one member's context ends: the others still want their
+// writes.
 const groupTimeout = 30 * time.Second
 
 // groupWrite is one write waiting for, or in, a group.
@@ -227,12 +228,15 @@ func (c *committer) commit(batch []*groupWrite) (answer func()) {
 
 func (c *committer) commitGroup(batch []*groupWrite) (answer func()) {
 	w := c.w
+	// The group's statements and cache write are traced under its oldest
+	// write; each write's outbox entry keeps its own trace context. The
+	// group runs on when that write's caller goes away.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(batch[0].ctx), groupTimeout)
 	// Key order, so that groups in flight together take their locks in the
 	// same order.
 	slices.SortFunc(batch, func(a, b *groupWrite) int {
 		return cmp.Or(cmp.Compare(a.key.collection, b.key.collection), cmp.Compare(a.key.id, b.key.id))
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), groupTimeout)
 	t, queued, err := w.attemptGroup(ctx, batch)
 	var rolledBack *groupRolledBack
 	switch {
