@@ -211,3 +211,76 @@ func TestQueuedWriteCanceled(t *testing.T) {
 	err := b.env.Pool.QueryRow(context.Background(), `SELECT 1 FROM entities WHERE collection = 'users' AND id = 'gone'`).Scan(new(int))
 	require.ErrorIs(t, err, pgx.ErrNoRows)
 }
+
+// Writes of every kind queued into one group each get the answer they would
+// get on their own: preconditions hit and miss, deletes of live and missing
+// entities, creates; only the changes that happened reach the outbox and
+// the cache.
+func TestGroupedMixedWritesKeepTheirOwnAnswers(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	for _, id := range []string{"a", "b", "d"} {
+		_, err := b.w.Put(ctx, "users", id, []byte(`{"v":1}`))
+		require.NoError(t, err)
+	}
+	release, wait := blockGroups(t, b)
+
+	type answer struct {
+		res writer.Result
+		err error
+	}
+	writes := map[string]func() (writer.Result, error){
+		"a": func() (writer.Result, error) { return b.w.Put(ctx, "users", "a", []byte(`{"v":2}`), writer.IfMatch(1)) },
+		"b": func() (writer.Result, error) { return b.w.Put(ctx, "users", "b", []byte(`{"v":2}`), writer.IfMatch(5)) },
+		"d": func() (writer.Result, error) { return b.w.Delete(ctx, "users", "d") },
+		"e": func() (writer.Result, error) { return b.w.Delete(ctx, "users", "e") },
+		"f": func() (writer.Result, error) { return b.w.Put(ctx, "users", "f", []byte(`{"v":1}`), writer.IfAbsent()) },
+		"g": func() (writer.Result, error) { return b.w.Put(ctx, "users", "g", []byte(`{"v":1}`)) },
+	}
+	answers := make(map[string]answer)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for id, write := range writes {
+		wg.Go(func() {
+			res, err := write()
+			mu.Lock()
+			answers[id] = answer{res, err}
+			mu.Unlock()
+		})
+	}
+	waitFor(t, func() bool { return writer.GroupQueued(b.w) == len(writes) })
+	release()
+	wg.Wait()
+	wait()
+
+	require.NoError(t, answers["a"].err)
+	require.EqualValues(t, 2, answers["a"].res.Changes[0].Version)
+	require.ErrorIs(t, answers["b"].err, writer.ErrPrecondition)
+	require.NoError(t, answers["d"].err)
+	require.True(t, answers["d"].res.Changes[0].Deleted)
+	require.ErrorIs(t, answers["e"].err, writer.ErrNotFound)
+	require.NoError(t, answers["f"].err)
+	require.True(t, answers["f"].res.Changes[0].Created)
+	require.NoError(t, answers["g"].err)
+
+	for id, want := range map[string]struct {
+		entries int
+		v       string
+		d       string // "" for a tombstone
+	}{"a": {2, "2", `{"v": 2}`}, "b": {1, "1", `{"v": 1}`}, "d": {2, "2", ""}, "f": {1, "1", `{"v": 1}`}, "g": {1, "1", `{"v": 1}`}} {
+		require.Len(t, outboxRows(t, b, "users", id), want.entries, id)
+		h, err := b.env.Redis.HGetAll(ctx, b.env.Prefix+"users:"+id).Result()
+		require.NoError(t, err)
+		require.Equal(t, want.v, h["v"], id)
+		if want.d == "" {
+			require.NotContains(t, h, "d", id)
+		} else {
+			require.JSONEq(t, want.d, h["d"], id)
+		}
+	}
+	require.Empty(t, outboxRows(t, b, "users", "e"))
+	var txs int
+	require.NoError(t, b.env.Pool.QueryRow(ctx,
+		`SELECT count(DISTINCT xmin::text) FROM outbox WHERE collection = 'users' AND version = CASE WHEN entity_id IN ('a', 'd') THEN 2 ELSE 1 END AND entity_id IN ('a', 'd', 'f', 'g')`).Scan(&txs))
+	require.Equal(t, 1, txs, "the queued writes were not committed as one group")
+}
