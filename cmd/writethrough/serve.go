@@ -27,6 +27,7 @@ func serveCmd(ctx context.Context, c *cli, args []string) int {
 	tombstoneTTL := fs.Duration("tombstone-ttl", 24*time.Hour, "expiry of cached tombstones; must outlast the relay's longest retry horizon")
 	valueTTL := fs.Duration("value-ttl", 0, "expiry of cached values (0: none)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 25*time.Second, "how long shutdown waits for requests in flight")
+	groupSize := fs.Int("group-size", 32, "most PUTs and DELETEs arriving together that may share one transaction (group commit); 1 commits each on its own")
 	rf := bindRelayFlags(fs, c.getenv)
 	cfg, code := c.parse(fs, args)
 	if cfg == nil {
@@ -49,6 +50,11 @@ func serveCmd(ctx context.Context, c *cli, args []string) int {
 			fmt.Fprintf(c.stderr, "writethrough: bad configuration: %s: must be a positive duration, got %s\n", d.name, d.v)
 			return exitUsage
 		}
+	}
+
+	if *groupSize < 1 {
+		fmt.Fprintf(c.stderr, "writethrough: bad configuration: --group-size: must be at least 1, got %d\n", *groupSize)
+		return exitUsage
 	}
 
 	d, err := c.connect(ctx, cfg)
@@ -76,7 +82,7 @@ func serveCmd(ctx context.Context, c *cli, args []string) int {
 		stopRelay, local = r.Stop, r
 	}
 	w, err := writer.New(writer.Config{
-		Pool: d.pool, Fence: d.fence, CacheTimeout: *cacheTimeout,
+		Pool: d.pool, Fence: d.fence, CacheTimeout: *cacheTimeout, GroupSize: *groupSize,
 		Logger: log, MeterProvider: d.tel.MeterProvider, LocalRelay: local,
 	})
 	if err != nil {

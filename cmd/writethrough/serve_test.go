@@ -183,6 +183,7 @@ func TestServeBadConfiguration(t *testing.T) {
 		{map[string]string{"WT_MAX_BODY_BYTES": "-1"}, nil, "WT_MAX_BODY_BYTES"},
 		{nil, []string{"--cache-timeout=-1s"}, "--cache-timeout"},
 		{nil, []string{"--tombstone-ttl=0"}, "--tombstone-ttl"},
+		{nil, []string{"--group-size=0"}, "--group-size"},
 		{nil, []string{"--no-such-flag"}, "no-such-flag"},
 	} {
 		vars := serveVars(env)
