@@ -108,32 +108,20 @@ func (w *Writer) commitOne(ctx context.Context, collection, id string, c oneChan
 	return w.commitWith(ctx, func() (*txn, error) { return w.attemptOne(ctx, collection, id, c) })
 }
 
-// attemptOne sends BEGIN, the change, its outbox entry (outboxOfChangeSQL) and
-// COMMIT in one batch. A change that found no row to change commits an
-// empty transaction, outboxOfChangeSQL having recorded nothing.
+// attemptOne commits c as a group of one (attemptGroup): BEGIN, the change,
+// its outbox entry (outboxOfChangeSQL) and COMMIT in one batch. A change
+// that found no row to change commits an empty transaction,
+// outboxOfChangeSQL having recorded nothing.
 func (w *Writer) attemptOne(ctx context.Context, collection, id string, c oneChange) (*txn, error) {
-	conn, err := w.pool.Acquire(ctx)
+	t, queued, err := w.attemptGroup(ctx, []*groupWrite{{ctx: ctx, key: groupKey{collection, id}, c: c}})
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", err)
-	}
-	t := &txn{conn: conn, w: w, traceparent: traceparent(ctx), begun: true}
-	defer t.finish(ctx)
-	b := &pgx.Batch{}
-	b.Queue("begin")
-	q := queueChange(b, collection, id, c, t.traceparent)
-	commitTag := queueCommit(b)
-	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("%s %s/%s: %w", c.op, collection, id, err)
 	}
-	if commitTag.String() != "COMMIT" {
-		return nil, fmt.Errorf("commit: %w", pgx.ErrTxCommitRollback)
-	}
-	t.done = true
-	ch, err := q.outcome()
+	ch, err := queued[0].outcome()
 	if err != nil {
 		return nil, err
 	}
-	t.add(ch, q.entry)
+	t.add(ch, queued[0].entry)
 	return t, nil
 }
 
