@@ -169,7 +169,7 @@ func (p preconditions) withoutRead(op string) (conds []Condition, ok bool, err e
 		return []Condition{IfMatch(im.strong[0])}, true, nil
 	case !im.present && inm.any && op != opDelete:
 		return []Condition{IfAbsent()}, true, nil
-	case !im.present && len(inm.strong)+len(inm.weak) == 0:
+	case !im.present && !inm.any && len(inm.strong)+len(inm.weak) == 0:
 		return nil, true, nil // no tag can match, so none fails
 	}
 	return nil, false, nil

@@ -311,6 +311,11 @@ func TestHTTPPreconditions(t *testing.T) {
 	rec := a.do(t, "PUT", "/v1/users/p", `{"v":1}`, "If-None-Match", "*")
 	require.Equal(t, http.StatusCreated, rec.Code, rec.Body.String())
 	requireProblem(t, a.do(t, "PUT", "/v1/users/p", `{"v":2}`, "If-None-Match", "*"), http.StatusPreconditionFailed, "If-Match")
+	// If-None-Match: * fails wherever the entity exists, DELETE included; on
+	// an absent entity a DELETE has nothing to delete.
+	requireProblem(t, a.do(t, "DELETE", "/v1/users/p", "", "If-None-Match", "*"), http.StatusPreconditionFailed, "")
+	requireProblem(t, a.do(t, "PATCH", "/v1/users/p", `{"v":2}`, "If-None-Match", "*", "Content-Type", ct), http.StatusPreconditionFailed, "")
+	requireProblem(t, a.do(t, "DELETE", "/v1/users/absent", "", "If-None-Match", "*"), http.StatusNotFound, "")
 
 	// If-Match: "N" needs the current version; weak tags never match.
 	requireProblem(t, a.do(t, "PUT", "/v1/users/p", `{"v":2}`, "If-Match", `"2"`), http.StatusPreconditionFailed, "")
