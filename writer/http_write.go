@@ -130,14 +130,18 @@ func checkContentType(op string, h http.Header) error {
 }
 
 // readBody reads the body into the pooled buffer *bp, at most h.maxBody bytes.
-func (h *Handler) readBody(rw http.ResponseWriter, r *http.Request, bp *[]byte) ([]byte, error) {
-	if r.ContentLength > h.maxBody {
+// A body over the limit is a *http.MaxBytesError. With whole set, its first
+// h.maxBody bytes are read and returned with that error, so that an
+// Idempotency-Key can be bound to it; otherwise a Content-Length over the
+// limit is refused before anything is read.
+func (h *Handler) readBody(rw http.ResponseWriter, r *http.Request, bp *[]byte, whole bool) ([]byte, error) {
+	if r.ContentLength > h.maxBody && !whole {
 		return nil, &http.MaxBytesError{Limit: h.maxBody}
 	}
 	body := http.MaxBytesReader(rw, r.Body, h.maxBody)
 	b := (*bp)[:0]
-	if r.ContentLength > int64(cap(b)) {
-		b = make([]byte, 0, r.ContentLength)
+	if n := min(r.ContentLength, h.maxBody); n > int64(cap(b)) {
+		b = make([]byte, 0, n)
 	}
 	for {
 		if len(b) == cap(b) {
@@ -151,7 +155,7 @@ func (h *Handler) readBody(rw http.ResponseWriter, r *http.Request, bp *[]byte) 
 		if err != nil {
 			var mbe *http.MaxBytesError
 			if errors.As(err, &mbe) {
-				return nil, mbe
+				return b, mbe
 			}
 			return nil, invalid("body", "could not be read")
 		}
@@ -177,20 +181,33 @@ func (h *Handler) write(op string) http.HandlerFunc {
 		}
 		bp := h.buffer()
 		defer h.bufs.Put(bp)
-		body, err := h.readBody(rw, r, bp)
-		if err != nil {
+		body, err := h.readBody(rw, r, bp, hasKey)
+		var mbe *http.MaxBytesError
+		tooLarge := errors.As(err, &mbe)
+		if err != nil && !(hasKey && tooLarge) {
 			h.fail(rw, r, rt, start, err)
 			return
 		}
-		req := writeRequest{op: op, header: r.Header, body: body}
+		req := writeRequest{op: op, header: r.Header, body: body, tooLarge: tooLarge}
 		if op != opBatch {
 			req.collection, req.id, req.keyErr = entityKey(r)
+		}
+		// Bad input is found before the key is claimed: it needs no database.
+		var pl plan
+		bad := err
+		if bad == nil {
+			pl, bad = h.prepare(ctx, req)
 		}
 		var cl *claim
 		if hasKey {
 			var stored *answer
 			cl, stored, err = h.idem.claim(ctx, req.fingerprint(key))
 			switch {
+			case err != nil && bad != nil && problemFor(err).status >= http.StatusInternalServerError:
+				// A client error is never a 5xx: with the store of answers
+				// out of reach, the client error is answered, not stored.
+				h.fail(rw, r, rt, start, bad)
+				return
 			case err != nil:
 				h.fail(rw, r, rt, start, err)
 				return
@@ -200,7 +217,13 @@ func (h *Handler) write(op string) http.HandlerFunc {
 				return
 			}
 		}
-		a, committed, err := h.execute(ctx, req, cl)
+		var a answer
+		var committed bool
+		if bad != nil {
+			a, err = problemFor(bad).answer(), bad
+		} else {
+			a, committed, err = h.execute(ctx, pl, cl)
+		}
 		if err != nil {
 			h.logFailure(r, problem{status: a.status}, err)
 		}
@@ -220,7 +243,8 @@ type writeRequest struct {
 	collection, id string
 	keyErr         error // a path that holds no valid key
 	header         http.Header
-	body           []byte
+	body           []byte // with tooLarge, the first maxBody bytes
+	tooLarge       bool   // the body is over the limit (413)
 }
 
 // target is the canonical request target an Idempotency-Key is bound to.
@@ -243,44 +267,51 @@ func (q *writeRequest) method() string {
 	return http.MethodPost
 }
 
-// execute validates and performs a write. committed reports that the write
+// plan is a validated write, ready to run: work runs it in a transaction,
+// and direct, when not nil, runs it on its own (one round trip). build makes
+// its answer once it committed.
+type plan struct {
+	build  func(CacheWrite) answer
+	work   func(Tx) error
+	direct func() (Result, error)
+}
+
+// prepare validates a write without touching the database.
+func (h *Handler) prepare(ctx context.Context, q writeRequest) (p plan, err error) {
+	if q.op == opBatch {
+		p.build, p.work, err = h.batch(ctx, q)
+	} else {
+		p.build, p.work, p.direct, err = h.single(ctx, q)
+	}
+	return p, err
+}
+
+// execute performs a prepared write. committed reports that the write
 // committed, and with it the answer for cl (its X-Cache-Write pending until
 // settle records the cache write's outcome). On error the answer is the
 // problem for it.
-func (h *Handler) execute(ctx context.Context, q writeRequest, cl *claim) (a answer, committed bool, err error) {
-	var build func(CacheWrite) answer
-	var work func(Tx) error
-	var direct func() (Result, error)
-	switch q.op {
-	case opBatch:
-		build, work, err = h.batch(ctx, q)
-	default:
-		build, work, direct, err = h.single(ctx, q)
-	}
-	if err != nil {
-		return problemFor(err).answer(), false, err
-	}
-	if direct != nil && cl == nil {
-		res, err := direct()
+func (h *Handler) execute(ctx context.Context, p plan, cl *claim) (a answer, committed bool, err error) {
+	if p.direct != nil && cl == nil {
+		res, err := p.direct()
 		if err != nil {
 			return problemFor(err).answer(), false, err
 		}
-		return build(res.CacheWrite), true, nil
+		return p.build(res.CacheWrite), true, nil
 	}
 	res, err := h.w.Do(ctx, func(tx Tx) error {
-		if err := work(tx); err != nil {
+		if err := p.work(tx); err != nil {
 			return err
 		}
 		if cl == nil {
 			return nil
 		}
-		pending := build(CachePending)
+		pending := p.build(CachePending)
 		return cl.recordTx(ctx, tx, &pending)
 	})
 	if err != nil {
 		return problemFor(err).answer(), false, err
 	}
-	return build(res.CacheWrite), true, nil
+	return p.build(res.CacheWrite), true, nil
 }
 
 // single prepares a PUT, PATCH or DELETE of one entity: work runs it in a

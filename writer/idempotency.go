@@ -20,8 +20,10 @@ package writer
 //     nothing and is stored in one statement. A 5xx is not stored: the claim
 //     is released so the retry runs.
 //
-// A request whose key is malformed (400) or whose body is too large to read
-// (413) is answered without touching its key.
+// A request whose key is malformed (400) is answered without touching any
+// key. Other bad input (400, 413, 415) is found before the claim; it is
+// stored like any 4xx, and when the store is out of reach it is answered
+// without being stored rather than as a 503: a client error is never a 5xx.
 //
 // Were the process to die between commit and settle, the row keeps the
 // answer recorded in step 2; once the lease has passed, retries replay it.
@@ -41,6 +43,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"mime"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -133,15 +136,27 @@ type idemRequest struct {
 }
 
 // fingerprint binds key to the request: method, canonical target, and a hash
-// of the body with the headers that change its meaning.
+// of the body with the headers that change its meaning. The Content-Type
+// counts by its media type alone: a charset parameter or letter case does
+// not change what a JSON body means. A body over the limit counts by its
+// first maxBody bytes (any body that starts so is over the limit too),
+// marked so that no body within the limit hashes alike.
 func (q *writeRequest) fingerprint(key string) idemRequest {
 	h := sha256.New()
 	for _, name := range []string{"Content-Type", "If-Match", "If-None-Match"} {
 		for _, v := range q.header[name] {
+			if name == "Content-Type" {
+				if mt, _, err := mime.ParseMediaType(v); err == nil {
+					v = mt
+				}
+			}
 			h.Write([]byte(v))
 			h.Write([]byte{0})
 		}
 		h.Write([]byte{1})
+	}
+	if q.tooLarge {
+		h.Write([]byte{2})
 	}
 	h.Write(q.body)
 	return idemRequest{key: key, method: q.method(), target: q.target(), hash: h.Sum(nil)}

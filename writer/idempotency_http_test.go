@@ -243,3 +243,33 @@ func TestHTTPIdempotencyAbandonedClaims(t *testing.T) {
 	require.Equal(t, first.Header().Get("ETag"), rec.Header().Get("ETag"))
 	require.Equal(t, []string{"1:put"}, a.outboxOps(t, "users", "cs"), "committed once")
 }
+
+func TestHTTPIdempotencyClientErrorsReplay(t *testing.T) {
+	t.Parallel()
+	a := setupAPI(t, writer.HandlerConfig{MaxBodyBytes: 64})
+	big := `{"pad":"` + strings.Repeat("x", 100) + `"}`
+
+	// A body over the limit is a 4xx like any other: stored and replayed.
+	first := a.do(t, "PUT", "/v1/users/big", big, "Idempotency-Key", "big-1")
+	requireProblem(t, first, http.StatusRequestEntityTooLarge, "larger than 64 bytes")
+	requireReplay(t, first, a.do(t, "PUT", "/v1/users/big", big, "Idempotency-Key", "big-1"))
+	// A body within the limit is a different request.
+	requireProblem(t, a.do(t, "PUT", "/v1/users/big", `{}`, "Idempotency-Key", "big-1"), http.StatusUnprocessableEntity, "different request")
+
+	first = a.do(t, "PUT", "/v1/users/bad", `{"a":`, "Idempotency-Key", "bad-1")
+	requireProblem(t, first, http.StatusBadRequest, "JSON")
+	requireReplay(t, first, a.do(t, "PUT", "/v1/users/bad", `{"a":`, "Idempotency-Key", "bad-1"))
+
+	// A charset parameter or letter case does not make a different request.
+	first = a.do(t, "PUT", "/v1/users/ct", `{"a":1}`, "Idempotency-Key", "ct-1", "Content-Type", "application/json")
+	require.Equal(t, http.StatusCreated, first.Code, first.Body.String())
+	requireReplay(t, first, a.do(t, "PUT", "/v1/users/ct", `{"a":1}`, "Idempotency-Key", "ct-1", "Content-Type", "Application/JSON; charset=utf-8"))
+	requireProblem(t, a.do(t, "PUT", "/v1/users/ct", `{"a":1}`, "Idempotency-Key", "ct-1", "Content-Type", "application/vnd.x+json"), http.StatusUnprocessableEntity, "different request")
+
+	for _, id := range []string{"big", "bad"} {
+		_, ok := a.row(t, "users", id)
+		require.False(t, ok, id)
+		require.Empty(t, a.cache(t, "users", id), id)
+	}
+	require.Equal(t, []string{"1:put"}, a.outboxOps(t, "users", "ct"))
+}

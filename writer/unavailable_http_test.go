@@ -3,6 +3,7 @@ package writer_test
 import (
 	"context"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -50,6 +51,14 @@ func TestHTTPPostgresUnreachable(t *testing.T) {
 	requireProblem(t, serve(t, h, "POST", "/v1/_batch", `{"ops":[]}`), http.StatusBadRequest, "ops")
 	requireProblem(t, serve(t, h, "PUT", "/v1/Users/1", `{}`), http.StatusBadRequest, "collection")
 	requireProblem(t, serve(t, h, "GET", "/v1/users/a%01", ``), http.StatusBadRequest, "id")
+	// With an Idempotency-Key too: the key's answer cannot be stored, and
+	// the client error is still the answer.
+	key := []string{"Idempotency-Key", "down"}
+	requireProblem(t, serve(t, h, "PUT", "/v1/Users/1", `{}`, key...), http.StatusBadRequest, "collection")
+	requireProblem(t, serve(t, h, "PUT", "/v1/users/1", `{}`, append(key, "Content-Type", "text/plain")...), http.StatusUnsupportedMediaType, "application/json")
+	requireProblem(t, serve(t, h, "PUT", "/v1/users/1", `{}`, append(key, "If-Match", "bad")...), http.StatusBadRequest, "If-Match")
+	requireProblem(t, serve(t, h, "POST", "/v1/_batch", `{"ops":[]}`, key...), http.StatusBadRequest, "ops")
+	requireProblem(t, serve(t, h, "PUT", "/v1/users/1", strings.Repeat(" ", writer.DefaultMaxBodyBytes+1), key...), http.StatusRequestEntityTooLarge, "larger")
 
 	keys, err := env.Redis.Keys(context.Background(), env.Prefix+"*").Result()
 	require.NoError(t, err)
