@@ -180,7 +180,14 @@ func TestServeBadConfiguration(t *testing.T) {
 		want string
 	}{
 		{map[string]string{"WT_HTTP_ADDR": "nonsense"}, nil, "WT_HTTP_ADDR"},
+		{map[string]string{"WT_HTTP_ADDR": "127.0.0.1:99999"}, nil, "WT_HTTP_ADDR"},
 		{map[string]string{"WT_MAX_BODY_BYTES": "-1"}, nil, "WT_MAX_BODY_BYTES"},
+		{map[string]string{"DATABASE_URL": "postgres://postgres:hunter2@127.0.0.1:5432/test?sslmode=bogus"}, nil, "DATABASE_URL"},
+		{map[string]string{"DATABASE_URL": "postgres://127.0.0.1:5432/test?pool_max_conns=many"}, nil, "DATABASE_URL"},
+		{map[string]string{"REDIS_URL": "redis://:hunter2@127.0.0.1:6379/abc"}, nil, "REDIS_URL"},
+		{map[string]string{"REDIS_URL": "redis://127.0.0.1:6379/0?foo=bar"}, nil, "REDIS_URL"},
+		{map[string]string{"WT_NATS_STREAM": strings.Repeat("S", 256)}, nil, "WT_NATS_STREAM"},
+		{map[string]string{"WT_EVENT_SOURCE": "not a uri"}, nil, "WT_EVENT_SOURCE"},
 		{nil, []string{"--cache-timeout=-1s"}, "--cache-timeout"},
 		{nil, []string{"--tombstone-ttl=0"}, "--tombstone-ttl"},
 		{nil, []string{"--group-size=0"}, "--group-size"},
@@ -194,5 +201,9 @@ func TestServeBadConfiguration(t *testing.T) {
 		code := run(context.Background(), append([]string{"serve"}, c.args...), func(k string) string { return vars[k] }, &stdout, &stderr)
 		require.Equal(t, exitUsage, code, stderr.String())
 		require.Contains(t, stderr.String(), c.want)
+		if c.args == nil { // a bad flag also prints the usage
+			require.Equal(t, 1, strings.Count(strings.TrimSpace(stderr.String()), "\n")+1, "one line: %s", stderr.String())
+		}
+		require.NotContains(t, stderr.String(), "hunter2")
 	}
 }

@@ -13,6 +13,10 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"unicode"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/writethrough/writethrough/migrations"
 )
@@ -103,6 +107,19 @@ func bad(env, format string, args ...any) error {
 	return &Error{Msg: env + ": " + fmt.Sprintf(format, args...)}
 }
 
+// maxStreamName is the longest JetStream stream name.
+const maxStreamName = 255
+
+// parseReason is a URL parser's error without the URL it may echo,
+// password included.
+func parseReason(err error) string {
+	msg := err.Error()
+	if i := strings.LastIndex(msg, "`: "); i >= 0 {
+		msg = msg[i+3:]
+	}
+	return msg
+}
+
 // Finish validates the values and returns the Config.
 func (b *Binding) Finish() (*Config, error) {
 	c := b.cfg
@@ -114,17 +131,25 @@ func (b *Binding) Finish() (*Config, error) {
 	if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
 		return nil, bad("DATABASE_URL", "must be a postgres:// URL")
 	}
+	if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
+		return nil, bad("DATABASE_URL", "is not a valid Postgres URL: %s", parseReason(err))
+	}
 	if err := migrations.ValidSchema(c.Schema); err != nil {
 		return nil, bad("WT_DB_SCHEMA", "%v", err)
 	}
 	if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
 		return nil, bad("REDIS_URL", "must be a redis:// or rediss:// URL")
 	}
+	if _, err := redis.ParseURL(c.RedisURL); err != nil {
+		return nil, bad("REDIS_URL", "%s", strings.TrimPrefix(parseReason(err), "redis: "))
+	}
 	if u, err := url.Parse(c.NATSURL); err != nil || u.Scheme == "" {
 		return nil, bad("NATS_URL", "must be a nats:// URL")
 	}
-	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+	if _, port, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		return nil, bad("WT_HTTP_ADDR", "must be host:port, got %q", c.HTTPAddr)
+	} else if _, err := net.LookupPort("tcp", port); err != nil {
+		return nil, bad("WT_HTTP_ADDR", "has no valid port (0 to 65535), got %q", c.HTTPAddr)
 	}
 	if c.RedisPrefix == "" {
 		return nil, bad("WT_REDIS_PREFIX", "must not be empty")
@@ -132,11 +157,17 @@ func (b *Binding) Finish() (*Config, error) {
 	if c.Stream == "" || strings.ContainsAny(c.Stream, " \t.*>/\\") {
 		return nil, bad("WT_NATS_STREAM", "must be a stream name without spaces, '.', '*', '>' or slashes, got %q", c.Stream)
 	}
+	if len(c.Stream) > maxStreamName {
+		return nil, bad("WT_NATS_STREAM", "must be at most %d characters, got %d", maxStreamName, len(c.Stream))
+	}
 	if c.SubjectPrefix == "" || strings.ContainsAny(c.SubjectPrefix, " \t.*>") {
 		return nil, bad("WT_NATS_SUBJECT_PREFIX", "must be one subject token, got %q", c.SubjectPrefix)
 	}
 	if c.EventSource == "" {
 		return nil, bad("WT_EVENT_SOURCE", "must not be empty")
+	}
+	if _, err := url.Parse(c.EventSource); err != nil || strings.ContainsFunc(c.EventSource, unicode.IsSpace) {
+		return nil, bad("WT_EVENT_SOURCE", "must be a URI reference such as /writethrough or https://example.com/orders, got %q", c.EventSource)
 	}
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":
