@@ -134,6 +134,8 @@ func newHandler(w *Writer, cfg HandlerConfig) (*Handler, error) {
 	h.mux.HandleFunc("/v1/_batch", methodNotAllowed("POST"))
 	h.mux.HandleFunc("GET /healthz", h.healthz)
 	h.mux.HandleFunc("GET /readyz", h.readyz)
+	h.mux.HandleFunc("/healthz", methodNotAllowed("GET, HEAD"))
+	h.mux.HandleFunc("/readyz", methodNotAllowed("GET, HEAD"))
 	h.mux.HandleFunc("/", notFound)
 	return h, nil
 }

@@ -385,6 +385,8 @@ func TestHTTPRejectsBadInput(t *testing.T) {
 		{"form body", "PUT", "/v1/users/1", `{}`, []string{"Content-Type", "application/x-www-form-urlencoded"}, 415, "application/json"},
 		{"bad content type", "PUT", "/v1/users/1", `{}`, []string{"Content-Type", "///"}, 415, "application/json"},
 		{"text batch", "POST", "/v1/_batch", `{}`, []string{"Content-Type", "text/plain"}, 415, "application/json"},
+		{"suffix without a type", "PUT", "/v1/users/1", `{}`, []string{"Content-Type", "+json"}, 415, "application/json"},
+		{"suffix without a name", "PUT", "/v1/users/1", `{}`, []string{"Content-Type", "application/+json"}, 415, "application/json"},
 	}
 	for _, c := range cases {
 		rec := a.do(t, c.method, c.target, c.body, c.hdr...)
@@ -405,6 +407,7 @@ func TestHTTPPercentEncodedIDs(t *testing.T) {
 		"x%2Fy":     "x%252Fy",
 		"sp ace?#":  "sp%20ace%3F%23",
 		"..":        "%2E%2E",
+		".":         "%2E",
 		"ünï/cödé":  "%C3%BCn%C3%AF%2Fc%C3%B6d%C3%A9",
 		`q"uote\`:   "q%22uote%5C",
 		"a<b>&c":    "a%3Cb%3E%26c",
@@ -426,7 +429,8 @@ func TestHTTPPercentEncodedIDs(t *testing.T) {
 		require.EqualValues(t, 1, r.Version)
 		require.Equal(t, "1", a.cache(t, "files", id)["v"], id)
 
-		resp, err = srv.Client().Get(srv.URL + "/v1/files/" + escaped)
+		// Location leads back to the entity.
+		resp, err = srv.Client().Get(srv.URL + resp.Header.Get("Location"))
 		require.NoError(t, err)
 		got, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
@@ -454,6 +458,14 @@ func TestHTTPRoutes(t *testing.T) {
 
 	rec = a.do(t, "GET", "/healthz", "")
 	require.Equal(t, http.StatusOK, rec.Code)
+	for _, path := range []string{"/healthz", "/readyz"} {
+		rec = a.do(t, "POST", path, "")
+		requireProblem(t, rec, http.StatusMethodNotAllowed, "POST")
+		require.Equal(t, "GET, HEAD", rec.Header().Get("Allow"))
+	}
+	// A +json type is JSON.
+	rec = a.do(t, "PUT", "/v1/users/vnd", `{}`, "Content-Type", "application/vnd.example+json; charset=utf-8")
+	require.Equal(t, http.StatusCreated, rec.Code, rec.Body.String())
 }
 
 func TestHTTPReadyz(t *testing.T) {

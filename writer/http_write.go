@@ -118,7 +118,7 @@ func checkContentType(op string, h http.Header) error {
 			return &contentTypeError{method: "PATCH", got: mt, want: "application/merge-patch+json"}
 		}
 	default:
-		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+		if err != nil || (mt != "application/json" && !isJSONSuffixType(mt)) {
 			method := "PUT"
 			if op == opBatch {
 				method = "POST /v1/_batch"
@@ -127,6 +127,13 @@ func checkContentType(op string, h http.Header) error {
 		}
 	}
 	return nil
+}
+
+// isJSONSuffixType reports a media type type/name+json (RFC 6839).
+func isJSONSuffixType(mt string) bool {
+	typ, sub, ok := strings.Cut(mt, "/")
+	name, json := strings.CutSuffix(sub, "+json")
+	return ok && typ != "" && name != "" && json
 }
 
 // readBody reads the body into the pooled buffer *bp, at most h.maxBody bytes.
@@ -252,7 +259,19 @@ func (q *writeRequest) target() string {
 	if q.op == opBatch {
 		return "/v1/_batch"
 	}
-	return "/v1/" + url.PathEscape(q.collection) + "/" + url.PathEscape(q.id)
+	return "/v1/" + url.PathEscape(q.collection) + "/" + escapeSegment(q.id)
+}
+
+// escapeSegment escapes an id for a path segment. An id that is a dot
+// segment ("." or "..") is escaped too, or a client would resolve it away.
+func escapeSegment(id string) string {
+	switch id {
+	case ".":
+		return "%2E"
+	case "..":
+		return "%2E%2E"
+	}
+	return url.PathEscape(id)
 }
 
 func (q *writeRequest) method() string {
