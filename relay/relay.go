@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,6 +49,7 @@ type Relay struct {
 	results  chan result
 
 	streamReady atomic.Bool
+	streamErr   atomic.Pointer[streamState]
 
 	startOnce sync.Once
 	stopOnce  sync.Once
@@ -156,20 +158,65 @@ func (r *Relay) start(ctx context.Context) error {
 	return nil
 }
 
-// ensureStream creates or updates the stream: subjects "{prefix}.>" and the
-// configured duplicate window.
+// ensureStream creates the stream, or brings an existing one to what the
+// relay needs: subjects "{prefix}.>" and the configured duplicate window.
+// Every other setting of an existing stream (limits, retention, storage,
+// replicas, description) is the operator's and is kept.
 func (r *Relay) ensureStream(ctx context.Context) error {
-	_, err := r.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:       r.cfg.Stream,
-		Subjects:   []string{r.cfg.SubjectPrefix + ".>"},
-		Duplicates: r.cfg.DuplicateWindow,
-		Storage:    jetstream.FileStorage,
-	})
+	err := r.syncStream(ctx)
 	if err != nil {
-		return fmt.Errorf("create or update stream %s: %w", r.cfg.Stream, err)
+		err = fmt.Errorf("stream %s: %w", r.cfg.Stream, err)
 	}
-	r.streamReady.Store(true)
-	return nil
+	r.streamErr.Store(&streamState{err: err})
+	r.streamReady.Store(err == nil)
+	return err
+}
+
+type streamState struct{ err error }
+
+func (r *Relay) syncStream(ctx context.Context) error {
+	subject := r.cfg.SubjectPrefix + ".>"
+	for attempt := 0; ; attempt++ {
+		s, err := r.js.Stream(ctx, r.cfg.Stream)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			_, err = r.js.CreateStream(ctx, jetstream.StreamConfig{
+				Name:       r.cfg.Stream,
+				Subjects:   []string{subject},
+				Duplicates: r.cfg.DuplicateWindow,
+				Storage:    jetstream.FileStorage,
+			})
+			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) && attempt == 0 {
+				continue // another relay created it just now: check it
+			}
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		cfg := s.CachedInfo().Config
+		changed := false
+		if !slices.Contains(cfg.Subjects, subject) && !slices.Contains(cfg.Subjects, ">") {
+			cfg.Subjects = append(cfg.Subjects, subject)
+			changed = true
+		}
+		if cfg.Duplicates != r.cfg.DuplicateWindow {
+			cfg.Duplicates = r.cfg.DuplicateWindow
+			changed = true
+		}
+		if changed {
+			_, err = r.js.UpdateStream(ctx, cfg)
+		}
+		return err
+	}
+}
+
+// StreamError is why the stream is not ready to take events, or nil once
+// the relay created or checked it.
+func (r *Relay) StreamError() error {
+	if st := r.streamErr.Load(); st != nil {
+		return st.err
+	}
+	return errors.New("stream not checked yet")
 }
 
 func (r *Relay) leaseLoop(ctx context.Context) {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/writethrough/writethrough/internal/cloudevent"
@@ -75,4 +76,51 @@ func TestRepairsFromCurrentRow(t *testing.T) {
 	require.Equal(t, "2", h["v"])
 	require.Equal(t, `{"a": 2}`, h["d"])
 	require.Equal(t, outbox.FormatTime(last.UpdatedAt), h["u"])
+}
+
+// An existing stream keeps the settings an operator gave it; the relay only
+// adds its subjects and sets the duplicate window.
+func TestExistingStreamKeepsOperatorSettings(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	_, err := b.js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: b.env.Stream, Subjects: []string{b.env.SubjectPrefix + "_other.>"}, Storage: jetstream.MemoryStorage,
+		MaxAge: 48 * time.Hour, MaxMsgs: 1_000_000, Description: "tuned by on-call", Duplicates: 5 * time.Minute,
+	})
+	require.NoError(t, err)
+	cfg := b.config(nil)
+	cfg.DuplicateWindow = 3 * time.Minute
+	r := b.start(t, cfg)
+	require.NoError(t, r.StreamError())
+
+	s, err := b.js.Stream(ctx, b.env.Stream)
+	require.NoError(t, err)
+	got := s.CachedInfo().Config
+	require.Equal(t, jetstream.MemoryStorage, got.Storage)
+	require.Equal(t, 48*time.Hour, got.MaxAge)
+	require.EqualValues(t, 1_000_000, got.MaxMsgs)
+	require.Equal(t, "tuned by on-call", got.Description)
+	require.Equal(t, 3*time.Minute, got.Duplicates)
+	require.ElementsMatch(t, []string{b.env.SubjectPrefix + "_other.>", b.env.SubjectPrefix + ".>"}, got.Subjects)
+
+	// And events flow into it.
+	keys := makeKeys(3)
+	b.writes(t, 6, keys)
+	eventually(t, 10*time.Second, func() bool { return pendingPublish(t, b.env) == 0 }, "all events published")
+	checkEvents(t, b.env, readStream(t, b.js, b.env.Stream))
+}
+
+// A stream the relay cannot bring to what it needs is reported.
+func TestStreamErrorReported(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	// Another stream already takes the relay's subjects.
+	other := b.env.Stream + "_TAKEN"
+	_, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: other, Subjects: []string{b.env.SubjectPrefix + ".>"}, Storage: jetstream.MemoryStorage})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = b.js.DeleteStream(context.Background(), other) })
+	r := b.start(t, b.config(nil))
+	require.ErrorContains(t, r.StreamError(), b.env.Stream)
 }

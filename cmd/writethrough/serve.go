@@ -73,13 +73,14 @@ func serveCmd(ctx context.Context, c *cli, args []string) int {
 	// The relay in this process is woken directly for the partitions it
 	// holds; relays elsewhere by NOTIFY.
 	stopRelay := func(context.Context) error { return nil }
+	streamErr := func() error { return nil }
 	var local writer.LocalRelay
 	if *withRelay {
 		r, err := startRelay(ctx, d, rf)
 		if err != nil {
 			return c.fail("serve: %v", redact(err))
 		}
-		stopRelay, local = r.Stop, r
+		stopRelay, local, streamErr = r.Stop, r, r.StreamError
 	}
 	w, err := writer.New(writer.Config{
 		Pool: d.pool, Fence: d.fence, CacheTimeout: *cacheTimeout, GroupSize: *groupSize,
@@ -99,6 +100,9 @@ func serveCmd(ctx context.Context, c *cli, args []string) int {
 			"nats": func(ctx context.Context) error {
 				if !d.nc.IsConnected() {
 					return errors.New("not connected")
+				}
+				if err := streamErr(); err != nil {
+					return err // events cannot be published
 				}
 				return d.nc.FlushWithContext(ctx)
 			},

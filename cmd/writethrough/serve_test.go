@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/writethrough/writethrough/internal/testenv"
@@ -206,4 +208,35 @@ func TestServeBadConfiguration(t *testing.T) {
 		}
 		require.NotContains(t, stderr.String(), "hunter2")
 	}
+}
+
+// A stream the relay cannot use (another stream holds its subjects) leaves
+// events unpublished: readyz says so.
+func TestServeReadyzReportsUnusableStream(t *testing.T) {
+	t.Parallel()
+	env := testenv.New(t)
+	nc, err := nats.Connect(env.NATSURL)
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	other := env.Stream + "_TAKEN"
+	_, err = js.CreateStream(context.Background(), jetstream.StreamConfig{Name: other, Subjects: []string{env.SubjectPrefix + ".>"}, Storage: jetstream.MemoryStorage})
+	require.NoError(t, err)
+	defer js.DeleteStream(context.Background(), other) //nolint:errcheck
+
+	vars := serveVars(env)
+	ctx, cancel := context.WithCancel(context.Background())
+	var stdout, stderr testenv.SyncBuffer
+	exited := make(chan int, 1)
+	go func() {
+		exited <- run(ctx, []string{"serve"}, func(k string) string { return vars[k] }, &stdout, &stderr)
+	}()
+	defer func() { cancel(); <-exited }()
+	resp, err := http.Get("http://" + listeningAddr(t, &stderr, exited) + "/readyz")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.JSONEq(t, `{"status":"degraded","postgres":"ok","redis":"ok","nats":"down"}`, string(body))
 }
