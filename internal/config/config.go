@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"unicode"
@@ -82,8 +83,24 @@ func Bind(fs *flag.FlagSet, getenv func(string) string) *Binding {
 			def = e
 		}
 		fs.StringVar(v.dst, v.flag, def, v.usage+" ($"+v.env+")")
+		if strings.HasSuffix(v.env, "_URL") {
+			fs.Lookup(v.flag).DefValue = Redact(def) // usage text shows no password
+		}
 	}
 	return b
+}
+
+var passwordParam = regexp.MustCompile(`(?i)(password=)[^&\s]*`)
+
+// Redact returns a URL (or key=value connection string) with its password
+// replaced by "xxxxx".
+func Redact(s string) string {
+	if u, err := url.Parse(s); err == nil && u.Scheme != "" && u.User != nil {
+		if _, ok := u.User.Password(); ok {
+			s = u.Redacted()
+		}
+	}
+	return passwordParam.ReplaceAllString(s, "${1}xxxxx")
 }
 
 // Binding holds flag values until Finish validates them.
@@ -120,6 +137,28 @@ func parseReason(err error) string {
 	return msg
 }
 
+// checkNATSURL accepts what the NATS client does: a comma-separated list
+// of servers, each a nats://, tls://, ws:// or wss:// URL or a bare
+// host:port.
+func checkNATSURL(v string) error {
+	for _, server := range strings.Split(v, ",") {
+		server = strings.TrimSpace(server)
+		if !strings.Contains(server, "://") {
+			server = "nats://" + server
+		}
+		u, err := url.Parse(server)
+		if err != nil || u.Host == "" {
+			return fmt.Errorf("must be a nats:// URL or a comma-separated list of them, got %q", Redact(v))
+		}
+		switch u.Scheme {
+		case "nats", "tls", "ws", "wss":
+		default:
+			return fmt.Errorf("a server must be nats://, tls://, ws:// or wss://, got %s://", u.Scheme)
+		}
+	}
+	return nil
+}
+
 // Finish validates the values and returns the Config.
 func (b *Binding) Finish() (*Config, error) {
 	c := b.cfg
@@ -143,8 +182,8 @@ func (b *Binding) Finish() (*Config, error) {
 	if _, err := redis.ParseURL(c.RedisURL); err != nil {
 		return nil, bad("REDIS_URL", "%s", strings.TrimPrefix(parseReason(err), "redis: "))
 	}
-	if u, err := url.Parse(c.NATSURL); err != nil || u.Scheme == "" {
-		return nil, bad("NATS_URL", "must be a nats:// URL")
+	if err := checkNATSURL(c.NATSURL); err != nil {
+		return nil, bad("NATS_URL", "%v", err)
 	}
 	if _, port, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		return nil, bad("WT_HTTP_ADDR", "must be host:port, got %q", c.HTTPAddr)
