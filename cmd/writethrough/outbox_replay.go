@@ -52,6 +52,20 @@ type replayedEvents struct {
 	// Duplicates were already published by an earlier run with the same
 	// --replay-id (JetStream dropped them).
 	Duplicates int64 `json:"duplicates"`
+	// Skipped could not be published on their own (dead letters, such as
+	// an event over the server's max payload); SkippedEvents lists them.
+	Skipped       int64          `json:"skipped"`
+	SkippedEvents []skippedEvent `json:"skipped_events,omitempty"`
+}
+
+// skippedEvent is one event a replay could not publish.
+type skippedEvent struct {
+	ID         string `json:"id"`
+	Seq        int64  `json:"seq"`
+	Collection string `json:"collection"`
+	EntityID   string `json:"key"`
+	Version    int64  `json:"version"`
+	Error      string `json:"error"`
 }
 
 func outboxReplay(ctx context.Context, c *cli, args []string) int {
@@ -116,29 +130,62 @@ func outboxReplay(ctx context.Context, c *cli, args []string) int {
 			return c.fail("%s: cache: %v", name, redact(err))
 		}
 	}
-	if *asJSON {
+	if code := c.printReplay(rep, *asJSON); code != exitOK {
+		return code
+	}
+	return c.reportSkipped(name, rep.Events)
+}
+
+// printReplay prints the report on stdout.
+func (c *cli) printReplay(rep *replayReport, asJSON bool) int {
+	if asJSON {
 		return c.printJSON(rep)
 	}
 	if ev := rep.Events; ev != nil {
-		if *dryRun {
+		switch {
+		case rep.DryRun:
 			fmt.Fprintf(c.stdout, "events: would re-publish %d events\n", ev.Selected)
-		} else {
+		case ev.Skipped > 0:
+			fmt.Fprintf(c.stdout, "events: re-published %d of %d selected events (%d already published by this replay id, %d skipped)\n", ev.Published, ev.Selected, ev.Duplicates, ev.Skipped)
+		default:
 			fmt.Fprintf(c.stdout, "events: re-published %d of %d selected events (%d already published by this replay id)\n", ev.Published, ev.Selected, ev.Duplicates)
 		}
 	}
 	if cr := rep.Cache; cr != nil {
-		if *dryRun {
+		if rep.DryRun {
 			fmt.Fprintf(c.stdout, "cache: would refresh %d keys from their current rows\n", cr.Selected)
 		} else {
 			fmt.Fprintf(c.stdout, "cache: refreshed %d keys from their current rows (%d written, %d already current or newer)\n", cr.Selected, cr.Applied, cr.FencedOut)
 		}
 	}
-	fmt.Fprintf(c.stdout, "replay id %s\n", run)
+	fmt.Fprintf(c.stdout, "replay id %s\n", rep.ReplayID)
 	return exitOK
 }
 
+// reportSkipped names on stderr each event the replay skipped and returns
+// exit status 1 if there were any.
+func (c *cli) reportSkipped(name string, ev *replayedEvents) int {
+	if ev == nil || ev.Skipped == 0 {
+		return exitOK
+	}
+	for _, s := range ev.SkippedEvents {
+		fmt.Fprintf(c.stderr, "writethrough %s: skipped event %s (%s/%s v%d, seq %d): %s\n", name, s.ID, s.Collection, s.EntityID, s.Version, s.Seq, s.Error)
+	}
+	if more := ev.Skipped - int64(len(ev.SkippedEvents)); more > 0 {
+		fmt.Fprintf(c.stderr, "writethrough %s: ... and %d more\n", name, more)
+	}
+	return c.fail("%s: skipped %d events that cannot be published on their own", name, ev.Skipped)
+}
+
+// maxListedSkips bounds the skipped events a report lists; the count is
+// always complete.
+const maxListedSkips = 1000
+
 // replayEvents publishes the selected entries asynchronously with at most
 // window in flight, in seq order (a key's events stay in version order).
+// An event the broker refuses on its own (a dead letter: over the server's
+// max payload or the stream's maximum message size) is skipped and recorded
+// in rep; any other failure, such as a lost connection, stops the run.
 func (c *cli) replayEvents(ctx context.Context, d *deps, f outbox.Filter, run string, window int, dryRun, asJSON bool, rep *replayReport) error {
 	total, err := outbox.CountReplay(ctx, d.pool, f)
 	if err != nil {
@@ -151,7 +198,9 @@ func (c *cli) replayEvents(ctx context.Context, d *deps, f outbox.Filter, run st
 	if err := d.connectNATS(); err != nil {
 		return err
 	}
-	js, err := jetstream.New(d.nc, jetstream.WithPublishAsyncMaxPending(window))
+	// The ack timeout ends a run whose broker went silent instead of
+	// waiting for it forever; a timeout is an outage, not a skip.
+	js, err := jetstream.New(d.nc, jetstream.WithPublishAsyncMaxPending(window), jetstream.WithPublishAsyncTimeout(30*time.Second))
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
@@ -167,23 +216,40 @@ func (c *cli) replayEvents(ctx context.Context, d *deps, f outbox.Filter, run st
 	}
 	defer bar.Done()
 
-	var futures []jetstream.PubAckFuture
+	ev := rep.Events
+	skip := func(e *outbox.Entry, err error) {
+		ev.Skipped++
+		if len(ev.SkippedEvents) < maxListedSkips {
+			ev.SkippedEvents = append(ev.SkippedEvents, skippedEvent{
+				ID: e.EventID.String(), Seq: e.Seq, Collection: e.Collection, EntityID: e.EntityID,
+				Version: e.Version, Error: err.Error(),
+			})
+		}
+	}
+	type inFlight struct {
+		e   *outbox.Entry
+		fut jetstream.PubAckFuture
+	}
+	var flights []inFlight
 	settle := func() error {
-		for _, fut := range futures {
+		for _, fl := range flights {
 			select {
-			case ack := <-fut.Ok():
+			case ack := <-fl.fut.Ok():
 				if ack.Duplicate {
-					rep.Events.Duplicates++
+					ev.Duplicates++
 				} else {
-					rep.Events.Published++
+					ev.Published++
 				}
-			case err := <-fut.Err():
-				return fmt.Errorf("publish %s: %w", fut.Msg().Header.Get(cloudevent.HeaderID), err)
+			case err := <-fl.fut.Err():
+				if !refusedOnItsOwn(err) {
+					return fmt.Errorf("publish %s: %w", fl.e.EventID, err)
+				}
+				skip(fl.e, err)
 			case <-ctx.Done():
 				return ctx.Err()
 			}
 		}
-		futures = futures[:0]
+		flights = flights[:0]
 		return nil
 	}
 	var after int64
@@ -198,13 +264,22 @@ func (c *cli) replayEvents(ctx context.Context, d *deps, f outbox.Filter, run st
 		}
 		after = batch[len(batch)-1].Seq
 		for _, e := range batch {
+			// A message published while the connection is down would only
+			// wait in the reconnect buffer.
+			if st := d.nc.Status(); st != nats.CONNECTED {
+				return fmt.Errorf("publish %s: NATS connection is %s", e.EventID, st)
+			}
 			m := replayMsg(e, d.cfg.EventSource, d.cfg.SubjectPrefix, run)
 			fut, err := js.PublishMsgAsync(m, jetstream.WithExpectStream(d.cfg.Stream))
-			if err != nil {
+			switch {
+			case err == nil:
+				flights = append(flights, inFlight{e, fut})
+			case refusedOnItsOwn(err):
+				skip(e, err)
+			default:
 				return fmt.Errorf("publish %s: %w", e.EventID, err)
 			}
-			futures = append(futures, fut)
-			if len(futures) >= window {
+			if len(flights) >= window {
 				if err := settle(); err != nil {
 					return err
 				}
@@ -216,8 +291,21 @@ func (c *cli) replayEvents(ctx context.Context, d *deps, f outbox.Filter, run st
 	if err := settle(); err != nil {
 		return err
 	}
-	if rep.Events.Published+rep.Events.Duplicates == 0 && total > 0 {
+	if ev.Published+ev.Duplicates+ev.Skipped == 0 && total > 0 {
 		return errors.New("nothing was acknowledged")
 	}
 	return nil
+}
+
+// refusedOnItsOwn reports whether a publish error is about the message
+// itself, so publishing it again can never succeed while the next event
+// may: the relay makes such an event a dead letter at once. Everything
+// else (a lost connection, a timeout, a missing stream) concerns every
+// event and stops a replay.
+func refusedOnItsOwn(err error) bool {
+	if errors.Is(err, nats.ErrMaxPayload) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
 }
