@@ -1,8 +1,10 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/writethrough/writethrough/outbox"
@@ -15,7 +17,8 @@ func init() {
 func outboxPrune(ctx context.Context, c *cli, args []string) int {
 	const name = "outbox prune"
 	fs := c.flags(name)
-	olderThan := fs.Duration("older-than", 72*time.Hour, "delete finished entries committed longer ago than this")
+	ret := retentionSetting()
+	olderThan := fs.String("older-than", "", "delete finished entries committed longer ago than this (default the relay's --retention: $"+ret.env+", else "+ret.def+")")
 	batch := fs.Int("batch", 1000, "entries deleted per statement")
 	dryRun := fs.Bool("dry-run", false, "only count what would be deleted")
 	asJSON := fs.Bool("json", false, "print JSON")
@@ -23,8 +26,8 @@ func outboxPrune(ctx context.Context, c *cli, args []string) int {
 	if cfg == nil {
 		return code
 	}
-	if *olderThan < 0 {
-		fmt.Fprintf(c.stderr, "writethrough %s: --older-than must not be negative\n", name)
+	age, ok := c.pruneAge(name, *olderThan, ret)
+	if !ok {
 		return exitUsage
 	}
 	if *batch <= 0 || *batch > 100000 {
@@ -36,7 +39,7 @@ func outboxPrune(ctx context.Context, c *cli, args []string) int {
 		return c.fail("%s: %v", name, err)
 	}
 	defer d.close()
-	cutoff := time.Now().Add(-*olderThan)
+	cutoff := time.Now().Add(-age)
 	total, err := outbox.CountFinished(ctx, d.pool, cutoff)
 	if err != nil {
 		return c.fail("%s: %v", name, redact(err))
@@ -66,4 +69,36 @@ func outboxPrune(ctx context.Context, c *cli, args []string) int {
 	}
 	fmt.Fprintf(c.stdout, "%s %d finished entries committed before %s\n", verb, n, cutoff.UTC().Format(time.RFC3339))
 	return exitOK
+}
+
+// retentionSetting is the relay's retention (relay and serve --retention):
+// its variable and default, which prune shares so that both keep the same.
+func retentionSetting() relayFlag {
+	for _, f := range (&relayFlags{}).list() {
+		if f.name == "retention" {
+			return f
+		}
+	}
+	panic("the relay has no retention setting")
+}
+
+// pruneAge returns --older-than, or when it is not given the relay's
+// retention from its variable, printing one line when the value is bad.
+func (c *cli) pruneAge(name, flagValue string, ret relayFlag) (time.Duration, bool) {
+	if flagValue != "" {
+		d, err := time.ParseDuration(flagValue)
+		if err != nil || d < 0 {
+			fmt.Fprintf(c.stderr, "writethrough %s: --older-than must be a duration that is not negative, such as 72h, got %q\n", name, flagValue)
+			return 0, false
+		}
+		return d, true
+	}
+	v := cmp.Or(strings.TrimSpace(c.getenv(ret.env)), ret.def)
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		// The relay refuses the same value.
+		fmt.Fprintf(c.stderr, "writethrough: bad configuration: $%s: must be a positive duration, got %q\n", ret.env, v)
+		return 0, false
+	}
+	return d, true
 }
