@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -35,6 +37,7 @@ func (c *cli) connect(ctx context.Context, cfg *config.Config) (*deps, error) {
 		return nil, fmt.Errorf("telemetry: %w", err)
 	}
 	d := &deps{cfg: cfg, tel: tel}
+	redisLogOnce.Do(func() { redis.SetLogger(redisLogger{}) })
 	d.pool, err = pg.Open(ctx, pg.Config{URL: cfg.DatabaseURL, Schema: cfg.Schema, Tweak: tel.InstrumentPool})
 	if err != nil {
 		d.close()
@@ -68,6 +71,17 @@ func (c *cli) connect(ctx context.Context, cfg *config.Config) (*deps, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// redisLogger sends the Redis client's own log lines (dial failures, pool
+// trouble) to the process log as warnings, in its format, instead of raw
+// text on stderr.
+type redisLogger struct{}
+
+var redisLogOnce sync.Once
+
+func (redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	slog.Default().LogAttrs(ctx, slog.LevelWarn, "redis client", slog.String("detail", redact(fmt.Errorf(format, v...)).Error()))
 }
 
 // connectNATS connects to NATS. The connection keeps retrying in the

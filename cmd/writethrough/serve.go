@@ -70,6 +70,10 @@ func serveCmd(ctx context.Context, c *cli, args []string) int {
 	if err := d.connectNATS(); err != nil {
 		return c.fail("serve: %v", err)
 	}
+	if mp := d.nc.MaxPayload(); mp > 0 && cfg.MaxBodyBytes > mp-eventEnvelope {
+		log.Warn("WT_MAX_BODY_BYTES is above what one event can carry: a change this large commits but its event becomes a dead letter",
+			slog.Int64("max_body_bytes", cfg.MaxBodyBytes), slog.Int64("nats_max_payload", mp), slog.Int64("suggested_max", mp-eventEnvelope))
+	}
 	// The relay in this process is woken directly for the partitions it
 	// holds; relays elsewhere by NOTIFY.
 	stopRelay := func(context.Context) error { return nil }
@@ -160,6 +164,10 @@ func stopAll(log *slog.Logger, stopRelay func(context.Context) error, timeout ti
 
 // withMetrics serves GET and HEAD /metrics from metrics and everything else
 // from api, without a second mux on the path of every API request.
+// eventEnvelope bounds what an event adds to its entity's data: the
+// representation's other fields (an id of up to 512 bytes) and the headers.
+const eventEnvelope = 2048
+
 func withMetrics(api, metrics http.Handler) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/metrics" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {

@@ -240,3 +240,21 @@ func TestServeReadyzReportsUnusableStream(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	require.JSONEq(t, `{"status":"degraded","postgres":"ok","redis":"ok","nats":"down"}`, string(body))
 }
+
+// A body limit above what NATS can carry is warned about at start.
+func TestServeWarnsBodyLimitAboveNATSPayload(t *testing.T) {
+	t.Parallel()
+	env := testenv.New(t)
+	vars := serveVars(env)
+	vars["WT_MAX_BODY_BYTES"] = "67108864" // above any NATS server's max payload
+	ctx, cancel := context.WithCancel(context.Background())
+	var stdout, stderr testenv.SyncBuffer
+	exited := make(chan int, 1)
+	go func() {
+		exited <- run(ctx, []string{"serve", "--relay=false"}, func(k string) string { return vars[k] }, &stdout, &stderr)
+	}()
+	listeningAddr(t, &stderr, exited)
+	cancel()
+	<-exited
+	require.Contains(t, stderr.String(), `"msg":"WT_MAX_BODY_BYTES is above what one event can carry`)
+}
