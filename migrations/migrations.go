@@ -1,9 +1,9 @@
 // Package migrations holds the numbered SQL migrations of writethrough's
 // schema, embedded in the binary, and applies them with goose.
 //
-// Every table is created in the schema named by Config.Schema (WT_DB_SCHEMA):
-// the migrator creates that schema and sets search_path to it, so the SQL files
-// never name a schema and an application's own tables can share the database.
+// Every table is created in the schema named by WT_DB_SCHEMA: the migrator
+// sets search_path to it (Up creates it), so the SQL files never name a
+// schema and an application's own tables can share the database.
 package migrations
 
 import (
@@ -46,11 +46,13 @@ func ValidSchema(name string) error {
 // Migrator applies the embedded migrations to one schema.
 type Migrator struct {
 	db       *sql.DB
+	schema   string
 	provider *goose.Provider
 }
 
-// Open connects to databaseURL with search_path set to schema, creating the
-// schema if needed. Close the Migrator when done.
+// Open connects to databaseURL with search_path set to schema. It changes
+// nothing in the database: Up creates the schema when it applies the first
+// migration. Close the Migrator when done.
 func Open(ctx context.Context, databaseURL, schema string) (*Migrator, error) {
 	if err := ValidSchema(schema); err != nil {
 		return nil, err
@@ -61,23 +63,34 @@ func Open(ctx context.Context, databaseURL, schema string) (*Migrator, error) {
 	}
 	cfg.RuntimeParams["search_path"] = schema
 	db := stdlib.OpenDB(*cfg)
-	if _, err := db.ExecContext(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{schema}.Sanitize()); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("create schema %s: %w", schema, err)
-	}
 	p, err := goose.NewProvider(goose.DialectPostgres, db, files)
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("load migrations: %w", err)
 	}
-	return &Migrator{db: db, provider: p}, nil
+	return &Migrator{db: db, schema: schema, provider: p}, nil
 }
 
 // Close releases the connection.
 func (m *Migrator) Close() error { return m.db.Close() }
 
-// Up applies every pending migration.
+// versioned reports whether goose's version table exists in the schema.
+// goose creates that table (and fails on a missing schema) in every call
+// it serves, so the read-only calls ask first.
+func (m *Migrator) versioned(ctx context.Context) (bool, error) {
+	var ok bool
+	err := m.db.QueryRowContext(ctx, `SELECT to_regclass($1) IS NOT NULL`, pgx.Identifier{m.schema, "goose_db_version"}.Sanitize()).Scan(&ok)
+	if err != nil {
+		return false, fmt.Errorf("read migration version: %w", err)
+	}
+	return ok, nil
+}
+
+// Up creates the schema if needed and applies every pending migration.
 func (m *Migrator) Up(ctx context.Context) ([]*goose.MigrationResult, error) {
+	if _, err := m.db.ExecContext(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{m.schema}.Sanitize()); err != nil {
+		return nil, fmt.Errorf("create schema %s: %w", m.schema, err)
+	}
 	return m.provider.Up(ctx)
 }
 
@@ -86,9 +99,22 @@ func (m *Migrator) Down(ctx context.Context) (*goose.MigrationResult, error) {
 	return m.provider.Down(ctx)
 }
 
-// Status lists every migration and whether it is applied.
+// Status lists every migration and whether it is applied. It only reads:
+// on a schema without migrations (or no schema at all) every migration is
+// pending.
 func (m *Migrator) Status(ctx context.Context) ([]*goose.MigrationStatus, error) {
-	return m.provider.Status(ctx)
+	ok, err := m.versioned(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		return m.provider.Status(ctx)
+	}
+	var st []*goose.MigrationStatus
+	for _, src := range m.provider.ListSources() {
+		st = append(st, &goose.MigrationStatus{Source: src, State: goose.StatePending})
+	}
+	return st, nil
 }
 
 // Up is a shortcut: open, apply every pending migration, close.

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/pressly/goose/v3"
+
 	"github.com/writethrough/writethrough/migrations"
 )
 
@@ -16,7 +18,8 @@ func init() {
 
 func migrateCmd(action string) func(ctx context.Context, c *cli, args []string) int {
 	return func(ctx context.Context, c *cli, args []string) int {
-		fs := c.flags("migrate " + action)
+		name := "migrate " + action
+		fs := c.flags(name)
 		asJSON := fs.Bool("json", false, "print the status as JSON")
 		cfg, code := c.parse(fs, args)
 		if cfg == nil {
@@ -26,9 +29,12 @@ func migrateCmd(action string) func(ctx context.Context, c *cli, args []string) 
 		defer cancel()
 		m, err := migrations.Open(ctx, cfg.DatabaseURL, cfg.Schema)
 		if err != nil {
-			return c.fail("migrate %s: %v", action, redact(err))
+			return c.fail("%s: %v", name, redact(err))
 		}
 		defer m.Close()
+		if action == "status" {
+			return c.migrateStatus(ctx, m, cfg.Schema, *asJSON)
+		}
 		switch action {
 		case "up":
 			res, err := m.Up(ctx)
@@ -45,35 +51,45 @@ func migrateCmd(action string) func(ctx context.Context, c *cli, args []string) 
 				return c.fail("migrate down: %v", redact(err))
 			}
 			fmt.Fprintf(c.stdout, "rolled back %s\n", r.Source.Path)
-		case "status":
-			st, err := m.Status(ctx)
-			if err != nil {
-				return c.fail("migrate status: %v", redact(err))
-			}
-			type row struct {
-				Version   int64  `json:"version"`
-				Name      string `json:"name"`
-				Applied   bool   `json:"applied"`
-				AppliedAt string `json:"applied_at,omitempty"`
-			}
-			rows := make([]row, len(st))
-			for i, s := range st {
-				rows[i] = row{Version: s.Source.Version, Name: s.Source.Path, Applied: s.State == "applied"}
-				if !s.AppliedAt.IsZero() {
-					rows[i].AppliedAt = s.AppliedAt.UTC().Format(time.RFC3339)
-				}
-			}
-			if *asJSON {
-				return c.printJSON(rows)
-			}
-			for _, r := range rows {
-				state := "pending"
-				if r.Applied {
-					state = "applied " + r.AppliedAt
-				}
-				fmt.Fprintf(c.stdout, "%05d  %-28s %s\n", r.Version, r.Name, state)
-			}
 		}
 		return exitOK
 	}
+}
+
+// migrateStatus lists the migrations; it changes nothing, not even on a
+// schema that does not exist.
+func (c *cli) migrateStatus(ctx context.Context, m *migrations.Migrator, schema string, asJSON bool) int {
+	st, err := m.Status(ctx)
+	if err != nil {
+		return c.fail("migrate status: %v", redact(err))
+	}
+	type row struct {
+		Version   int64  `json:"version"`
+		Name      string `json:"name"`
+		Applied   bool   `json:"applied"`
+		AppliedAt string `json:"applied_at,omitempty"`
+	}
+	rows := make([]row, len(st))
+	applied := 0
+	for i, s := range st {
+		rows[i] = row{Version: s.Source.Version, Name: s.Source.Path, Applied: s.State == goose.StateApplied}
+		if rows[i].Applied {
+			applied++
+		}
+		if !s.AppliedAt.IsZero() {
+			rows[i].AppliedAt = s.AppliedAt.UTC().Format(time.RFC3339)
+		}
+	}
+	if asJSON {
+		return c.printJSON(rows)
+	}
+	for _, r := range rows {
+		state := "pending"
+		if r.Applied {
+			state = "applied " + r.AppliedAt
+		}
+		fmt.Fprintf(c.stdout, "%05d  %-28s %s\n", r.Version, r.Name, state)
+	}
+	fmt.Fprintf(c.stdout, "schema %s: %d of %d migrations applied\n", schema, applied, len(rows))
+	return exitOK
 }
