@@ -43,6 +43,9 @@ func ValidSchema(name string) error {
 	return nil
 }
 
+// ErrNothingToRollBack reports a Down with no migration applied.
+var ErrNothingToRollBack = errors.New("no migration is applied")
+
 // Migrator applies the embedded migrations to one schema.
 type Migrator struct {
 	db       *sql.DB
@@ -86,6 +89,16 @@ func (m *Migrator) versioned(ctx context.Context) (bool, error) {
 	return ok, nil
 }
 
+// Version returns the newest applied migration, 0 when none is. It only
+// reads.
+func (m *Migrator) Version(ctx context.Context) (int64, error) {
+	ok, err := m.versioned(ctx)
+	if err != nil || !ok {
+		return 0, err
+	}
+	return m.provider.GetDBVersion(ctx)
+}
+
 // Up creates the schema if needed and applies every pending migration.
 func (m *Migrator) Up(ctx context.Context) ([]*goose.MigrationResult, error) {
 	if _, err := m.db.ExecContext(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{m.schema}.Sanitize()); err != nil {
@@ -94,9 +107,21 @@ func (m *Migrator) Up(ctx context.Context) ([]*goose.MigrationResult, error) {
 	return m.provider.Up(ctx)
 }
 
-// Down rolls back the newest applied migration.
+// Down rolls back the newest applied migration; with none applied it
+// returns ErrNothingToRollBack and changes nothing.
 func (m *Migrator) Down(ctx context.Context) (*goose.MigrationResult, error) {
-	return m.provider.Down(ctx)
+	ok, err := m.versioned(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, ErrNothingToRollBack
+	}
+	r, err := m.provider.Down(ctx)
+	if errors.Is(err, goose.ErrNoNextVersion) {
+		return nil, ErrNothingToRollBack
+	}
+	return r, err
 }
 
 // Status lists every migration and whether it is applied. It only reads:

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -16,11 +17,27 @@ func init() {
 	register("migrate status", "list schema migrations and whether each is applied", migrateCmd("status"))
 }
 
+// migration names one migration in a --json result.
+type migration struct {
+	Version int64  `json:"version"`
+	Name    string `json:"name"`
+}
+
+// migrateResult is what `migrate up` or `migrate down` did: the schema's
+// version before and after, and the migrations applied or rolled back.
+type migrateResult struct {
+	Schema     string       `json:"schema"`
+	From       int64        `json:"from"`
+	To         int64        `json:"to"`
+	Applied    *[]migration `json:"applied,omitempty"`
+	RolledBack *[]migration `json:"rolled_back,omitempty"`
+}
+
 func migrateCmd(action string) func(ctx context.Context, c *cli, args []string) int {
 	return func(ctx context.Context, c *cli, args []string) int {
 		name := "migrate " + action
 		fs := c.flags(name)
-		asJSON := fs.Bool("json", false, "print the status as JSON")
+		asJSON := fs.Bool("json", false, "print the result as JSON")
 		cfg, code := c.parse(fs, args)
 		if cfg == nil {
 			return code
@@ -35,22 +52,47 @@ func migrateCmd(action string) func(ctx context.Context, c *cli, args []string) 
 		if action == "status" {
 			return c.migrateStatus(ctx, m, cfg.Schema, *asJSON)
 		}
+		res := &migrateResult{Schema: cfg.Schema}
+		if res.From, err = m.Version(ctx); err != nil {
+			return c.fail("%s: %v", name, redact(err))
+		}
+		done := []migration{}
 		switch action {
 		case "up":
-			res, err := m.Up(ctx)
+			rs, err := m.Up(ctx)
 			if err != nil {
-				return c.fail("migrate up: %v", redact(err))
+				return c.fail("%s: %v", name, redact(err))
 			}
-			for _, r := range res {
-				fmt.Fprintf(c.stdout, "applied %s (%s)\n", r.Source.Path, r.Duration.Round(time.Millisecond))
+			for _, r := range rs {
+				done = append(done, migration{r.Source.Version, r.Source.Path})
+				if !*asJSON {
+					fmt.Fprintf(c.stdout, "applied %s (%s)\n", r.Source.Path, r.Duration.Round(time.Millisecond))
+				}
 			}
-			fmt.Fprintf(c.stdout, "schema %s is up to date\n", cfg.Schema)
+			res.Applied = &done
 		case "down":
 			r, err := m.Down(ctx)
-			if err != nil {
-				return c.fail("migrate down: %v", redact(err))
+			if err != nil && !errors.Is(err, migrations.ErrNothingToRollBack) {
+				return c.fail("%s: %v", name, redact(err))
 			}
-			fmt.Fprintf(c.stdout, "rolled back %s\n", r.Source.Path)
+			if r != nil {
+				done = append(done, migration{r.Source.Version, r.Source.Path})
+			}
+			res.RolledBack = &done
+		}
+		if res.To, err = m.Version(ctx); err != nil {
+			return c.fail("%s: %v", name, redact(err))
+		}
+		if *asJSON {
+			return c.printJSON(res)
+		}
+		switch {
+		case action == "up":
+			fmt.Fprintf(c.stdout, "schema %s is up to date\n", cfg.Schema)
+		case len(done) == 0:
+			fmt.Fprintf(c.stdout, "nothing to roll back: no migration is applied in schema %s\n", cfg.Schema)
+		default:
+			fmt.Fprintf(c.stdout, "rolled back %s (schema %s is now at version %d)\n", done[0].Name, cfg.Schema, res.To)
 		}
 		return exitOK
 	}

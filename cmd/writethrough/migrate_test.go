@@ -66,6 +66,14 @@ type migrateRow struct {
 	Applied bool   `json:"applied"`
 }
 
+type migrateOutput struct {
+	Schema     string       `json:"schema"`
+	From       int64        `json:"from"`
+	To         int64        `json:"to"`
+	Applied    []migrateRow `json:"applied"`
+	RolledBack []migrateRow `json:"rolled_back"`
+}
+
 // TestMigrateStatusChangesNothing: status on a schema that does not exist
 // reports every migration pending and creates neither the schema nor the
 // version table.
@@ -109,4 +117,56 @@ func TestMigrateStatusChangesNothing(t *testing.T) {
 	for _, r := range rows {
 		require.True(t, r.Applied, r.Name)
 	}
+}
+
+// TestMigrateUpDown: down with nothing applied is not a failure, and up and
+// down print a JSON result with --json.
+func TestMigrateUpDown(t *testing.T) {
+	t.Parallel()
+	m := setupMigrate(t)
+	n := int64(len(m.files))
+
+	code, out, errOut := m.cmd(t, "down")
+	require.Equal(t, exitOK, code, "stdout: %s\nstderr: %s", out, errOut)
+	require.Contains(t, out, "nothing to roll back")
+	require.False(t, m.schemaExists(t), "migrate down created the schema")
+	var res migrateOutput
+	code, out, errOut = m.cmd(t, "down", "--json")
+	require.Equal(t, exitOK, code, errOut)
+	require.NoError(t, json.Unmarshal([]byte(out), &res), out)
+	require.Equal(t, migrateOutput{Schema: m.schema, RolledBack: []migrateRow{}}, res)
+
+	code, out, errOut = m.cmd(t, "up", "--json")
+	require.Equal(t, exitOK, code, errOut)
+	res = migrateOutput{}
+	require.NoError(t, json.Unmarshal([]byte(out), &res), out)
+	require.Equal(t, m.schema, res.Schema)
+	require.Zero(t, res.From)
+	require.Equal(t, n, res.To)
+	require.Len(t, res.Applied, len(m.files))
+	for i, r := range res.Applied {
+		require.Equal(t, int64(i+1), r.Version)
+		require.Equal(t, m.files[i], r.Name)
+	}
+
+	code, out, _ = m.cmd(t, "up", "--json")
+	require.Equal(t, exitOK, code)
+	res = migrateOutput{}
+	require.NoError(t, json.Unmarshal([]byte(out), &res), out)
+	require.Equal(t, migrateOutput{Schema: m.schema, From: n, To: n, Applied: []migrateRow{}}, res)
+
+	code, out, _ = m.cmd(t, "down", "--json")
+	require.Equal(t, exitOK, code)
+	res = migrateOutput{}
+	require.NoError(t, json.Unmarshal([]byte(out), &res), out)
+	require.Equal(t, migrateOutput{Schema: m.schema, From: n, To: n - 1, RolledBack: []migrateRow{{Version: n, Name: m.files[n-1]}}}, res)
+
+	for v := n - 1; v > 0; v-- {
+		code, out, errOut = m.cmd(t, "down")
+		require.Equal(t, exitOK, code, errOut)
+		require.Contains(t, out, "rolled back "+m.files[v-1])
+	}
+	code, out, errOut = m.cmd(t, "down")
+	require.Equal(t, exitOK, code, "stdout: %s\nstderr: %s", out, errOut)
+	require.Contains(t, out, "nothing to roll back")
 }
