@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,18 +20,44 @@ func init() {
 
 // tailedEvent is one line of `events tail --json`.
 type tailedEvent struct {
-	StreamSeq     uint64          `json:"stream_seq"`
-	Subject       string          `json:"subject"`
-	ID            string          `json:"id"`
-	Source        string          `json:"source"`
-	Type          string          `json:"type"`
-	EntitySubject string          `json:"entity_subject"`
-	Time          string          `json:"time"`
-	EntityVersion int64           `json:"entity_version"`
-	Traceparent   string          `json:"traceparent,omitempty"`
-	Replay        bool            `json:"replay,omitempty"`
-	ReplayID      string          `json:"replay_id,omitempty"`
-	Data          json.RawMessage `json:"data"`
+	StreamSeq     uint64 `json:"stream_seq"`
+	Subject       string `json:"subject"`
+	ID            string `json:"id"`
+	Source        string `json:"source"`
+	Type          string `json:"type"`
+	EntitySubject string `json:"entity_subject"`
+	Time          string `json:"time"`
+	EntityVersion int64  `json:"entity_version"`
+	Traceparent   string `json:"traceparent,omitempty"`
+	Replay        bool   `json:"replay,omitempty"`
+	ReplayID      string `json:"replay_id,omitempty"`
+	// Data is the event body, the entity representation, printed byte for
+	// byte as published (appendTailed writes it).
+	Data json.RawMessage `json:"data"`
+}
+
+// appendTailed appends te as one line of JSON. The body goes in verbatim:
+// encoding/json would compact it, losing the spaces of Postgres's jsonb
+// text, and escape <, > and &.
+func appendTailed(b []byte, te *tailedEvent) ([]byte, error) {
+	head := *te
+	head.Data = nil
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(head); err != nil {
+		return b, err
+	}
+	// The encoded head ends in `"data":null}` and a newline.
+	const tail = `"data":null}` + "\n"
+	line, ok := bytes.CutSuffix(buf.Bytes(), []byte(tail))
+	if !ok {
+		return b, errors.New("encode event: data is not the last field")
+	}
+	b = append(b, line...)
+	b = append(b, `"data":`...)
+	b = append(b, te.Data...)
+	return append(b, "}\n"...), nil
 }
 
 func eventsTail(ctx context.Context, c *cli, args []string) int {
@@ -117,6 +144,7 @@ func eventsTail(ctx context.Context, c *cli, args []string) int {
 		wantSubject = *collection + "/" + *key
 	}
 	printed := 0
+	var line []byte
 	for {
 		msg, err := it.Next()
 		if err != nil {
@@ -128,6 +156,10 @@ func eventsTail(ctx context.Context, c *cli, args []string) int {
 		ev, err := cloudevent.Decode(&nats.Msg{Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data()})
 		if err != nil {
 			fmt.Fprintf(c.stderr, "writethrough %s: skipping a message on %s: %v\n", name, msg.Subject(), err)
+			continue
+		}
+		if !json.Valid(ev.Data) {
+			fmt.Fprintf(c.stderr, "writethrough %s: skipping a message on %s: its body is not JSON\n", name, msg.Subject())
 			continue
 		}
 		if wantSubject != "" && ev.EntitySubject != wantSubject {
@@ -144,11 +176,11 @@ func eventsTail(ctx context.Context, c *cli, args []string) int {
 			ReplayID: msg.Headers().Get(headerReplayID), Data: json.RawMessage(ev.Data),
 		}
 		if *asJSON {
-			line, err := json.Marshal(te)
+			line, err = appendTailed(line[:0], &te)
 			if err != nil {
 				return c.fail("%s: %v", name, err)
 			}
-			if _, err := fmt.Fprintf(c.stdout, "%s\n", line); err != nil {
+			if _, err := c.stdout.Write(line); err != nil {
 				return exitOK // the reader went away (a closed pipe)
 			}
 		} else {
