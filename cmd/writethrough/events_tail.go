@@ -2,11 +2,15 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -26,6 +30,8 @@ type tailedEvent struct {
 	Source        string `json:"source"`
 	Type          string `json:"type"`
 	EntitySubject string `json:"entity_subject"`
+	Collection    string `json:"collection"`
+	EntityID      string `json:"entity_id"`
 	Time          string `json:"time"`
 	EntityVersion int64  `json:"entity_version"`
 	Traceparent   string `json:"traceparent,omitempty"`
@@ -58,6 +64,34 @@ func appendTailed(b []byte, te *tailedEvent) ([]byte, error) {
 	b = append(b, `"data":`...)
 	b = append(b, te.Data...)
 	return append(b, "}\n"...), nil
+}
+
+// entityKey is the collection and id of an event's entity. They come from
+// the body, the entity representation, which is exact: ce-subject is not,
+// since NATS trims the blanks around a header value (an id "a " arrives as
+// "users/a").
+type entityKey struct {
+	Collection string  `json:"collection"`
+	ID         *string `json:"id"`
+}
+
+// keyOf reads the entity of ev from its body, falling back to ce-subject
+// when the body names no id.
+func keyOf(ev *cloudevent.Event) (collection, id string) {
+	var k entityKey
+	if json.Unmarshal(ev.Data, &k) == nil && k.ID != nil {
+		return cmp.Or(k.Collection, ev.Collection()), *k.ID
+	}
+	return ev.Collection(), ev.EntityID()
+}
+
+// entityLabel is "collection/id", the id quoted when blanks around it or
+// characters that do not print would otherwise hide what it is.
+func entityLabel(collection, id string) string {
+	if id == "" || strings.TrimSpace(id) != id || strings.IndexFunc(id, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		id = strconv.Quote(id)
+	}
+	return collection + "/" + id
 }
 
 func eventsTail(ctx context.Context, c *cli, args []string) int {
@@ -139,10 +173,6 @@ func eventsTail(ctx context.Context, c *cli, args []string) int {
 		<-ctx.Done()
 		it.Stop()
 	}()
-	wantSubject := ""
-	if *key != "" {
-		wantSubject = *collection + "/" + *key
-	}
 	printed := 0
 	var line []byte
 	for {
@@ -162,7 +192,8 @@ func eventsTail(ctx context.Context, c *cli, args []string) int {
 			fmt.Fprintf(c.stderr, "writethrough %s: skipping a message on %s: its body is not JSON\n", name, msg.Subject())
 			continue
 		}
-		if wantSubject != "" && ev.EntitySubject != wantSubject {
+		coll, id := keyOf(ev)
+		if *key != "" && (coll != *collection || id != *key) {
 			continue
 		}
 		var seq uint64
@@ -171,7 +202,7 @@ func eventsTail(ctx context.Context, c *cli, args []string) int {
 		}
 		te := tailedEvent{
 			StreamSeq: seq, Subject: ev.Subject, ID: ev.ID, Source: ev.Source, Type: ev.Type,
-			EntitySubject: ev.EntitySubject, Time: ev.Time, EntityVersion: ev.EntityVersion,
+			EntitySubject: ev.EntitySubject, Collection: coll, EntityID: id, Time: ev.Time, EntityVersion: ev.EntityVersion,
 			Traceparent: ev.Traceparent, Replay: msg.Headers().Get(headerReplay) == "true",
 			ReplayID: msg.Headers().Get(headerReplayID), Data: json.RawMessage(ev.Data),
 		}
@@ -192,7 +223,7 @@ func eventsTail(ctx context.Context, c *cli, args []string) int {
 			if te.Replay {
 				replay = "  (replay " + te.ReplayID + ")"
 			}
-			if _, err := fmt.Fprintf(c.stdout, "#%d %s %-6s %s v%d id=%s%s\n", seq, ev.Time, op, ev.EntitySubject, ev.EntityVersion, ev.ID, replay); err != nil {
+			if _, err := fmt.Fprintf(c.stdout, "#%d %s %-6s %s v%d id=%s%s\n", seq, ev.Time, op, entityLabel(coll, id), ev.EntityVersion, ev.ID, replay); err != nil {
 				return exitOK
 			}
 		}
