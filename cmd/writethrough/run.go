@@ -113,6 +113,26 @@ func (c *cli) logger(cfg *config.Config) *slog.Logger {
 
 // fail prints one line and returns exit status 1.
 func (c *cli) fail(format string, args ...any) int {
-	fmt.Fprintf(c.stderr, "writethrough: "+format+"\n", args...)
+	fmt.Fprintf(c.stderr, "writethrough: %s\n", joinLines(fmt.Sprintf(format, args...)))
 	return exitFail
+}
+
+// joinLines joins a message that spans lines (a connection error lists each
+// address it tried on its own line) into one.
+func joinLines(msg string) string {
+	var b strings.Builder
+	for line := range strings.Lines(msg) {
+		line = strings.TrimSpace(line)
+		switch {
+		case line == "":
+			continue
+		case b.Len() == 0:
+		case strings.HasSuffix(b.String(), ":"):
+			b.WriteByte(' ')
+		default:
+			b.WriteString("; ")
+		}
+		b.WriteString(line)
+	}
+	return b.String()
 }

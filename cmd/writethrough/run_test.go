@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -30,4 +31,19 @@ func TestUsage(t *testing.T) {
 	require.Equal(t, exitUsage, run(context.Background(), []string{"frobnicate"}, getenv, &out, &errOut))
 	require.Empty(t, out.String())
 	require.Contains(t, errOut.String(), `unknown command "frobnicate"`)
+}
+
+// A failure is one line, even when the error behind it spans several (a
+// connection error lists each address it tried).
+func TestFailureIsOneLine(t *testing.T) {
+	t.Parallel()
+	vars := map[string]string{"DATABASE_URL": "postgres://postgres:hunter2@127.0.0.1:1/test?connect_timeout=2"}
+	var out, errOut bytes.Buffer
+	require.Equal(t, exitFail, run(context.Background(), []string{"serve"}, func(k string) string { return vars[k] }, &out, &errOut))
+	msg := errOut.String()
+	require.Equal(t, 1, strings.Count(msg, "\n"), msg)
+	require.Contains(t, msg, "postgres does not answer at DATABASE_URL")
+	require.NotContains(t, msg, "hunter2")
+
+	require.Equal(t, "failed to connect: a:1: refused; b:1: refused", joinLines("failed to connect:\n\ta:1: refused\n\tb:1: refused\n"))
 }
