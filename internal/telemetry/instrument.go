@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/propagation"
 )
 
 // InstrumentPool makes every statement of a pool built from pc a span (and
@@ -60,12 +61,20 @@ func (t *Telemetry) InstrumentRedis(rdb redis.UniversalClient) error {
 // the route is known. Request duration metrics by route and status come
 // from the API handler itself (writethrough's http.server.request.duration),
 // so otelhttp records none, to avoid a second series of the same name.
-// /metrics and /healthz are not traced.
+// /metrics and /healthz are not traced. Without tracing, an incoming
+// traceparent is only carried on.
 func (t *Telemetry) WrapHandler(h http.Handler) http.Handler {
 	if !t.Tracing {
 		// Spans that go nowhere are not worth their cost on every request;
-		// request durations are recorded by the API handler itself.
-		return h
+		// request durations are recorded by the API handler itself. An
+		// incoming trace is still carried on, so the outbox entry and the
+		// event (ce-traceparent) belong to the caller's trace.
+		return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+			if _, ok := r.Header["Traceparent"]; ok {
+				r = r.WithContext(t.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header)))
+			}
+			h.ServeHTTP(rw, r)
+		})
 	}
 	return otelhttp.NewHandler(h, "http.server",
 		otelhttp.WithTracerProvider(t.TracerProvider),

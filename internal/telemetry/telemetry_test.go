@@ -341,3 +341,32 @@ func TestTelemetryMetricsAfterWorkload(t *testing.T) {
 	require.Contains(t, m, "writethrough_relay_publish_retries_total")
 	require.Zero(t, sum(m, "writethrough_relay_publish_retries_total", ""))
 }
+
+// Without tracing, a write still carries its caller's trace into the outbox
+// entry and so into its event.
+func TestTelemetryTracingOffCarriesIncomingTrace(t *testing.T) {
+	t.Parallel()
+	tel, err := telemetry.Setup(context.Background(), telemetry.Config{LogOutput: io.Discard, Getenv: func(string) string { return "" }})
+	require.NoError(t, err)
+	defer tel.Shutdown(context.Background()) //nolint:errcheck
+	require.False(t, tel.Tracing)
+	env := testenv.New(t)
+	w, err := writer.New(writer.Config{Pool: env.Pool, Fence: env.Fence})
+	require.NoError(t, err)
+	defer w.Close()
+	srv := httptest.NewServer(tel.WrapHandler(writer.NewHandler(w, writer.HandlerConfig{})))
+	defer srv.Close()
+
+	const incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	req, err := http.NewRequest("PUT", srv.URL+"/v1/users/traced", strings.NewReader(`{}`))
+	require.NoError(t, err)
+	req.Header.Set("traceparent", incoming)
+	resp, err := srv.Client().Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	var tp *string
+	require.NoError(t, env.Pool.QueryRow(context.Background(), `SELECT traceparent FROM outbox WHERE entity_id = 'traced'`).Scan(&tp))
+	require.NotNil(t, tp)
+	require.Equal(t, incoming, *tp)
+}
