@@ -12,3 +12,12 @@ func GroupQueued(w *Writer) int {
 	defer w.group.mu.Unlock()
 	return len(w.group.queue)
 }
+
+// GroupState is what the committer counts: groups in flight (and callers
+// about to lead), keys held by groups in flight, and queued writes. At rest
+// all three are zero.
+func GroupState(w *Writer) (running, inflight, queued int) {
+	w.group.mu.Lock()
+	defer w.group.mu.Unlock()
+	return w.group.running, len(w.group.inflight), len(w.group.queue)
+}

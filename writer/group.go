@@ -112,7 +112,10 @@ func (c *committer) write(ctx context.Context, collection, id string, oc oneChan
 				return Result{}, classify(ctx.Err())
 			}
 			c.mu.Unlock()
-			done = nil // sent, or asked to lead: wait for the answer
+			// Sent, or asked to lead: wait for the answer, or for the
+			// lead. A lead taken up before is spent: leading again
+			// without being asked would run a group with no place.
+			done, lead = nil, false
 			continue
 		}
 		c.mu.Lock()
@@ -160,6 +163,16 @@ func (c *committer) lead(own *groupWrite) bool {
 	for _, g := range batch {
 		g.finished = true
 		signal(g.wake)
+	}
+	if own.lead && own.finished {
+		// The lead was passed to own while its caller was busy with this
+		// group, and another group has answered own since: hand the lead
+		// on, or give the place up, or it is lost for good. (Unanswered,
+		// own's caller takes it up when it waits again.)
+		own.lead = false
+		if !c.passLeadLocked() {
+			c.running--
+		}
 	}
 	return own.finished
 }
