@@ -194,19 +194,25 @@ func (r *Relay) syncStream(ctx context.Context) error {
 			return err
 		}
 		cfg := s.CachedInfo().Config
-		changed := false
-		if !slices.Contains(cfg.Subjects, subject) && !slices.Contains(cfg.Subjects, ">") {
+		covered := slices.Contains(cfg.Subjects, subject) || slices.Contains(cfg.Subjects, ">")
+		if covered && cfg.Duplicates == r.cfg.DuplicateWindow {
+			return nil
+		}
+		window := cfg.Duplicates
+		if !covered {
 			cfg.Subjects = append(cfg.Subjects, subject)
-			changed = true
 		}
-		if cfg.Duplicates != r.cfg.DuplicateWindow {
-			cfg.Duplicates = r.cfg.DuplicateWindow
-			changed = true
+		cfg.Duplicates = r.cfg.DuplicateWindow
+		if _, err := r.js.UpdateStream(ctx, cfg); err != nil {
+			if !covered {
+				return err
+			}
+			// The stream takes the events; only its window stays (the
+			// server refuses one longer than the stream's max age, say).
+			r.log.Warn("the stream keeps its duplicate window", slog.String("stream", r.cfg.Stream),
+				slog.Duration("window", window), slog.Duration("configured", r.cfg.DuplicateWindow), slog.String("error", err.Error()))
 		}
-		if changed {
-			_, err = r.js.UpdateStream(ctx, cfg)
-		}
-		return err
+		return nil
 	}
 }
 

@@ -124,3 +124,27 @@ func TestStreamErrorReported(t *testing.T) {
 	r := b.start(t, b.config(nil))
 	require.ErrorContains(t, r.StreamError(), b.env.Stream)
 }
+
+// A stream that refuses the configured duplicate window (longer than its
+// max age) still takes the events, with its own window.
+func TestStreamRefusingWindowStillTakesEvents(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	_, err := b.js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: b.env.Stream, Subjects: []string{b.env.SubjectPrefix + ".>"}, Storage: jetstream.MemoryStorage,
+		MaxAge: time.Minute, Duplicates: 30 * time.Second,
+	})
+	require.NoError(t, err)
+	cfg := b.config(nil)
+	cfg.DuplicateWindow = 2 * time.Minute
+	r := b.start(t, cfg)
+	require.NoError(t, r.StreamError())
+	s, err := b.js.Stream(ctx, b.env.Stream)
+	require.NoError(t, err)
+	require.Equal(t, 30*time.Second, s.CachedInfo().Config.Duplicates)
+
+	b.writes(t, 6, makeKeys(3))
+	eventually(t, 10*time.Second, func() bool { return pendingPublish(t, b.env) == 0 }, "all events published")
+	checkEvents(t, b.env, readStream(t, b.js, b.env.Stream))
+}
