@@ -78,21 +78,28 @@ func TestRepairsFromCurrentRow(t *testing.T) {
 	require.Equal(t, outbox.FormatTime(last.UpdatedAt), h["u"])
 }
 
+// startOnStream creates the test's stream as sc says, then starts a relay
+// with the given duplicate window and requires it to find the stream usable.
+func (b *bundle) startOnStream(t *testing.T, sc jetstream.StreamConfig, window time.Duration) {
+	t.Helper()
+	sc.Name = b.env.Stream
+	_, err := b.js.CreateStream(context.Background(), sc)
+	require.NoError(t, err)
+	cfg := b.config(nil)
+	cfg.DuplicateWindow = window
+	require.NoError(t, b.start(t, cfg).StreamError())
+}
+
 // An existing stream keeps the settings an operator gave it; the relay only
 // adds its subjects and sets the duplicate window.
 func TestExistingStreamKeepsOperatorSettings(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	_, err := b.js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: b.env.Stream, Subjects: []string{b.env.SubjectPrefix + "_other.>"}, Storage: jetstream.MemoryStorage,
+	b.startOnStream(t, jetstream.StreamConfig{
+		Subjects: []string{b.env.SubjectPrefix + "_other.>"}, Storage: jetstream.MemoryStorage,
 		MaxAge: 48 * time.Hour, MaxMsgs: 1_000_000, Description: "tuned by on-call", Duplicates: 5 * time.Minute,
-	})
-	require.NoError(t, err)
-	cfg := b.config(nil)
-	cfg.DuplicateWindow = 3 * time.Minute
-	r := b.start(t, cfg)
-	require.NoError(t, r.StreamError())
+	}, 3*time.Minute)
 
 	s, err := b.js.Stream(ctx, b.env.Stream)
 	require.NoError(t, err)
@@ -131,15 +138,10 @@ func TestStreamRefusingWindowStillTakesEvents(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	_, err := b.js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: b.env.Stream, Subjects: []string{b.env.SubjectPrefix + ".>"}, Storage: jetstream.MemoryStorage,
+	b.startOnStream(t, jetstream.StreamConfig{
+		Subjects: []string{b.env.SubjectPrefix + ".>"}, Storage: jetstream.MemoryStorage,
 		MaxAge: time.Minute, Duplicates: 30 * time.Second,
-	})
-	require.NoError(t, err)
-	cfg := b.config(nil)
-	cfg.DuplicateWindow = 2 * time.Minute
-	r := b.start(t, cfg)
-	require.NoError(t, r.StreamError())
+	}, 2*time.Minute)
 	s, err := b.js.Stream(ctx, b.env.Stream)
 	require.NoError(t, err)
 	require.Equal(t, 30*time.Second, s.CachedInfo().Config.Duplicates)
