@@ -84,7 +84,7 @@ func Claim(ctx context.Context, db DB, parts []int32, perPart int, repairGrace t
 		var data *string
 		var part int32
 		var dueInUS int64
-		if err := rows.Scan(&c.Seq, &c.EventID, &part, &c.Collection, &c.EntityID, &c.Version, &op, &data,
+		if err := rows.Scan(&c.Seq, (*[16]byte)(&c.EventID), &part, &c.Collection, &c.EntityID, &c.Version, &op, &data,
 			&c.CommittedAt, &c.Traceparent, &c.Tracestate, &c.PublishPending, &c.CachePending, &c.RepairDue, &c.Due, &dueInUS, &c.Attempts); err != nil {
 			return nil, fmt.Errorf("claim outbox entries: %w", err)
 		}

@@ -80,7 +80,10 @@ func PartitionOf(collection, id string) int {
 
 // Entry is one committed change.
 type Entry struct {
-	Seq         int64
+	Seq int64
+	// EventID goes to pgx as [16]byte, which it encodes and scans in
+	// binary directly; as uuid.UUID it would take the driver.Valuer path
+	// through text, after a failed binary attempt.
 	EventID     uuid.UUID
 	Partition   int
 	Collection  string
@@ -163,7 +166,7 @@ func QueueInsert(b *pgx.Batch, entries []*Entry) error {
 	if n == 1 {
 		return queueInsertOne(b, entries[0])
 	}
-	ids := make([]uuid.UUID, n)
+	ids := make([][16]byte, n)
 	parts := make([]int32, n)
 	cols := make([]string, n)
 	eids := make([]string, n)
@@ -177,7 +180,7 @@ func QueueInsert(b *pgx.Batch, entries []*Entry) error {
 		if err := e.fillIDs(); err != nil {
 			return err
 		}
-		ids[i], parts[i], cols[i], eids[i], vers[i], ops[i], times[i] = e.EventID, int32(e.Partition), e.Collection, e.EntityID, e.Version, string(e.Op), e.CommittedAt
+		ids[i], parts[i], cols[i], eids[i], vers[i], ops[i], times[i] = [16]byte(e.EventID), int32(e.Partition), e.Collection, e.EntityID, e.Version, string(e.Op), e.CommittedAt
 		if e.Data != nil {
 			s := string(e.Data)
 			datas[i] = &s
@@ -196,7 +199,7 @@ func QueueInsert(b *pgx.Batch, entries []*Entry) error {
 		}
 		var seq int64
 		var id uuid.UUID
-		_, err := pgx.ForEachRow(rows, []any{&seq, &id}, func() error {
+		_, err := pgx.ForEachRow(rows, []any{&seq, (*[16]byte)(&id)}, func() error {
 			if e := byID[id]; e != nil {
 				e.Seq = seq
 			}
@@ -239,7 +242,7 @@ func queueInsertOne(b *pgx.Batch, e *Entry) error {
 	if e.Tracestate != "" {
 		ts = &e.Tracestate
 	}
-	b.Queue(insertOneSQL, e.EventID, int32(e.Partition), e.Collection, e.EntityID, e.Version, string(e.Op), data, e.CommittedAt, tp, ts).
+	b.Queue(insertOneSQL, [16]byte(e.EventID), int32(e.Partition), e.Collection, e.EntityID, e.Version, string(e.Op), data, e.CommittedAt, tp, ts).
 		QueryRow(func(row pgx.Row) error {
 			if err := row.Scan(&e.Seq); err != nil {
 				return fmt.Errorf("insert outbox entry: %w", err)

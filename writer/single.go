@@ -158,7 +158,7 @@ func queueChange(b *pgx.Batch, collection, id string, c oneChange, tp map[string
 		return err
 	})
 	e := q.entry
-	b.Queue(outboxOfChangeSQL, e.EventID, int32(e.Partition), string(c.op), nullable(e.Traceparent), nullable(e.Tracestate), collection, id).
+	b.Queue(outboxOfChangeSQL, [16]byte(e.EventID), int32(e.Partition), string(c.op), nullable(e.Traceparent), nullable(e.Tracestate), collection, id).
 		Query(func(rows pgx.Rows) error {
 			_, err := pgx.ForEachRow(rows, []any{&e.Seq}, func() error { q.recorded++; return nil })
 			return err
