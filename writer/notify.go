@@ -24,8 +24,27 @@ type waker struct {
 	stopped chan struct{}
 }
 
-// notifyGap is the least time between two NOTIFYs of one Writer.
-const notifyGap = time.Millisecond
+// The least time between two NOTIFYs of one Writer is notifyGap. While
+// commits keep coming (the next ones are already waiting when a gap ends),
+// it doubles with each NOTIFY up to maxNotifyGap, and drops back once a gap
+// passes without a commit. Each NOTIFY is a transaction of its own that
+// costs Postgres about as much as a small write: sustained writes would
+// otherwise send up to a thousand a second, mostly to relays that are busy
+// working the last one's entries anyway. An idle relay hears of a commit
+// within notifyGap after a quiet moment, within maxNotifyGap under load.
+const (
+	notifyGap    = time.Millisecond
+	maxNotifyGap = 4 * time.Millisecond
+)
+
+// nextGap is the gap after one of gap: longer when commits came during it
+// (busy), back to notifyGap when none did.
+func nextGap(gap time.Duration, busy bool) time.Duration {
+	if !busy {
+		return notifyGap
+	}
+	return min(2*gap, maxNotifyGap)
+}
 
 func newWaker(pool *pgxpool.Pool, log *slog.Logger, local LocalRelay) *waker {
 	k := &waker{pool: pool, log: log, local: local, wake: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{})}
@@ -51,6 +70,7 @@ func (k *waker) poke(parts outbox.PartSet, cached []int64) {
 
 func (k *waker) loop() {
 	defer close(k.stopped)
+	gap := notifyGap
 	for {
 		select {
 		case <-k.wake:
@@ -68,13 +88,14 @@ func (k *waker) loop() {
 		cancel()
 		// Under load, fold the commits of the next moment into one NOTIFY
 		// rather than send one per commit.
-		t := time.NewTimer(notifyGap)
+		t := time.NewTimer(gap)
 		select {
 		case <-t.C:
 		case <-k.done:
 			t.Stop()
 			return
 		}
+		gap = nextGap(gap, k.parts.Load() != 0)
 	}
 }
 
