@@ -28,7 +28,7 @@ type waker struct {
 // commits keep coming (the next ones are already waiting when a gap ends),
 // it doubles with each NOTIFY up to maxNotifyGap, and drops back once a gap
 // passes without a commit. Each NOTIFY is a transaction of its own that
-// costs Postgres about as much as a small write: sustained writes would
+// costs Postgres about half what a small write does: sustained writes would
 // otherwise send up to a thousand a second, mostly to relays that are busy
 // working the last one's entries anyway. An idle relay hears of a commit
 // within notifyGap after a quiet moment, within maxNotifyGap under load.
