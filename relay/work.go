@@ -169,6 +169,7 @@ type worker struct {
 
 	marking   bool
 	markPause time.Time
+	lastMark  time.Time // when the last marking statement went out
 	markBuf   map[int64]*markItem
 	fails     []failItem
 	holds     []hold
@@ -189,6 +190,26 @@ type trackCount struct {
 
 // markBatch bounds the entries of one marking statement.
 const markBatch = 8192
+
+// Marks are off the path of events (an event is out once acknowledged), so
+// a few finished entries wait up to markLinger after the last marking
+// statement for company: at a thousand events a second, marking each batch
+// as it came cost Postgres a statement for every event or two, as much as
+// the writes. A batch of markEager entries, a failed attempt (its key waits
+// for the record) and a stopping relay mark at once.
+const (
+	markLinger = 5 * time.Millisecond
+	markEager  = 256
+)
+
+// markWait is how long finished work waits before it is marked: zero when
+// it goes now. n is the entries finished, fails whether attempts failed.
+func markWait(now, lastMark time.Time, n int, fails, stopping bool) time.Duration {
+	if fails || stopping || n >= markEager {
+		return 0
+	}
+	return max(lastMark.Add(markLinger).Sub(now), 0)
+}
 
 var traceContext propagation.TraceContext
 
@@ -707,9 +728,12 @@ func (w *worker) addMark(seq int64, part int32, epoch int64, pub, cache bool) {
 // startMark records finished work and failed attempts, one batch at a time,
 // while publishing goes on.
 func (w *worker) startMark() {
-	if w.marking || (len(w.markBuf) == 0 && len(w.fails) == 0) || time.Now().Before(w.markPause) {
+	now := time.Now()
+	if w.marking || (len(w.markBuf) == 0 && len(w.fails) == 0) || now.Before(w.markPause) ||
+		markWait(now, w.lastMark, len(w.markBuf), len(w.fails) > 0, w.stopping) > 0 {
 		return
 	}
+	w.lastMark = now
 	r := w.r
 	items := make([]*markItem, 0, min(len(w.markBuf), markBatch))
 	for seq, it := range w.markBuf {
@@ -949,6 +973,9 @@ func (w *worker) nextDeadline() time.Time {
 	}
 	if len(w.markBuf) > 0 && now.Before(w.markPause) {
 		at(w.markPause)
+	}
+	if d := markWait(now, w.lastMark, len(w.markBuf), len(w.fails) > 0, w.stopping); len(w.markBuf) > 0 && d > 0 {
+		at(now.Add(d))
 	}
 	return next
 }

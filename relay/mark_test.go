@@ -1,0 +1,79 @@
+package relay
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/writethrough/writethrough/internal/testenv"
+	"github.com/writethrough/writethrough/writer"
+)
+
+func TestMarkWait(t *testing.T) {
+	now := time.Now()
+	require.Equal(t, markLinger, markWait(now, now, 1, false, false), "a small batch right after a mark waits")
+	require.Equal(t, 2*time.Millisecond, markWait(now, now.Add(2*time.Millisecond-markLinger), 3, false, false))
+	require.Zero(t, markWait(now, now.Add(-markLinger), 1, false, false), "after markLinger it goes")
+	require.Zero(t, markWait(now, time.Time{}, 1, false, false), "the first mark after a quiet moment goes at once")
+	require.Zero(t, markWait(now, now, markEager, false, false), "a large batch goes at once")
+	require.Zero(t, markWait(now, now, 1, true, false), "a failed attempt goes at once: its key waits for the record")
+	require.Zero(t, markWait(now, now, 1, false, true), "a stopping relay marks at once")
+}
+
+// TestSmallMarksWaitForCompany writes one change after another through a
+// writer with its relay in process, as serve runs them, and counts the
+// marking statements the relay's debug log reports: finished events are
+// marked a few at a time, not each on its own.
+func TestSmallMarksWaitForCompany(t *testing.T) {
+	b := setup(t)
+	var logs testenv.SyncBuffer
+	cfg := b.config(nil)
+	cfg.Logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	r := b.start(t, cfg)
+	w, err := writer.New(writer.Config{Pool: b.env.Pool, Fence: b.env.Fence, LocalRelay: r})
+	require.NoError(t, err)
+	defer w.Close()
+
+	ctx := context.Background()
+	const n = 100
+	start := time.Now()
+	for i := range n {
+		_, err := w.Put(ctx, "marks", strconv.Itoa(i), []byte(`{}`))
+		require.NoError(t, err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		var done int
+		require.NoError(t, b.env.Pool.QueryRow(ctx,
+			`SELECT count(*) FROM outbox WHERE publish_state = 'done' AND cache_state = 'done'`).Scan(&done))
+		return done == n
+	}, "every event published and marked")
+	took := time.Since(start)
+
+	statements, entries := 0, 0
+	sc := bufio.NewScanner(strings.NewReader(logs.String()))
+	for sc.Scan() {
+		var line struct {
+			Msg     string `json:"msg"`
+			Entries int    `json:"entries"`
+		}
+		require.NoError(t, json.Unmarshal(sc.Bytes(), &line))
+		if line.Msg == "marked" {
+			statements++
+			entries += line.Entries
+		}
+	}
+	require.GreaterOrEqual(t, entries, n, "every event is marked")
+	// One statement per markLinger at most, and a few more for the batches
+	// that go at once after a quiet moment.
+	require.Equal(t, 5*time.Millisecond, markLinger)
+	limit := int(took/(5*time.Millisecond)) + 5
+	require.LessOrEqual(t, statements, limit, "%d events over %s were marked in %d statements", n, took.Round(time.Millisecond), statements)
+	t.Logf("%d events over %s marked in %d statements", n, took.Round(time.Millisecond), statements)
+}
