@@ -42,6 +42,15 @@
 // (every partition held), or while the previous claim filled a partition's
 // batch and the pipeline has room (4×MaxInFlight entries).
 //
+// Hand-off: a writer in the same process gives WakeHeld the entries it has
+// just committed. Those the cache took are queued at once, with no claim,
+// where the key's order is known in the worker: the key's previous version
+// is the newest it queued, or it published it (acknowledged), or there is
+// none. Versions of a key are contiguous, so anything else (a version
+// committed elsewhere, or worked by another relay meanwhile) shows as a
+// mismatch, and such an entry is left to a claim of its partition. A claim
+// skips handed entries, which are tracked like claimed ones.
+//
 // Cache state: the writer records nothing after its synchronous cache write
 // (that would cost a second update of every outbox row on the write path).
 // Instead, when the relay claims an event it reads the key from Redis in one

@@ -85,6 +85,18 @@ func (t *leaseTable) usable(l *lease, now time.Time) bool {
 	return !l.draining && now.Add(t.margin).Before(l.deadline)
 }
 
+// epochOf returns the epoch of part, if the worker may work it now.
+func (t *leaseTable) epochOf(part int32) (int64, bool) {
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	l := t.held[part]
+	if l == nil || !t.usable(l, now) {
+		return 0, false
+	}
+	return l.epoch, true
+}
+
 // valid reports whether the worker may still publish in part at epoch.
 func (t *leaseTable) valid(part int32, epoch int64) bool {
 	now := time.Now()

@@ -42,6 +42,9 @@ type Relay struct {
 	// claim settles them without reading the cache. Bounded by maxHeldSeqs.
 	heldMu   sync.Mutex
 	heldSeqs map[int64]struct{}
+	// Entries a writer in this process just committed, for the worker to
+	// publish without claiming them (see worker.onHandoff).
+	handoff chan []*outbox.Claimed
 
 	// In-flight publishes by message, resolved by the JetStream callbacks.
 	flightMu sync.Mutex
@@ -90,6 +93,7 @@ func New(cfg Config) (*Relay, error) {
 		pid:       os.Getpid(),
 		wake:      make(chan struct{}, 1),
 		heldSeqs:  map[int64]struct{}{},
+		handoff:   make(chan []*outbox.Claimed, 1024),
 		flights:   map[*nats.Msg]*flight{},
 		results:   make(chan result, cfg.MaxInFlight+16),
 		stopping:  make(chan struct{}),
@@ -238,31 +242,55 @@ func (r *Relay) leaseLoop(ctx context.Context) {
 	}
 }
 
-// WakeHeld wakes the relay for the partitions of parts it holds and may
-// work now, and returns the others: a writer in the same process calls it
-// after a commit and announces only the rest with NOTIFY. A partition it
-// takes over later is read in full when it takes it. cached names entries
-// whose version the writer saw the cache take; claiming them then costs no
-// read of the cache.
-func (r *Relay) WakeHeld(parts outbox.PartSet, cached []int64) (rest outbox.PartSet) {
-	held := r.leases.workableSet() & parts
-	if held != 0 {
-		if len(cached) > 0 {
-			r.heldMu.Lock()
-			if len(r.heldSeqs) >= maxHeldSeqs {
-				// Entries never claimed here (their partition moved on)
-				// would stay forever: start over; the cache read covers
-				// what is forgotten.
-				clear(r.heldSeqs)
-			}
-			for _, seq := range cached {
-				r.heldSeqs[seq] = struct{}{}
-			}
-			r.heldMu.Unlock()
+// WakeHeld takes the outbox entries a writer in the same process has just
+// committed, for the partitions it holds and may work now, and returns the
+// others, which the writer announces with NOTIFY. cached says the writer saw
+// the cache take every entry: those go to the worker to publish at once,
+// with no claim and no read of the cache where the key's order allows
+// (worker.onHandoff). Entries whose cache write did not succeed wake a
+// claim of their partitions, which repairs them after the grace period. A
+// partition it takes over later is read in full when it takes it.
+func (r *Relay) WakeHeld(entries []*outbox.Entry, cached bool) (rest outbox.PartSet) {
+	held := r.leases.workableSet()
+	var mine outbox.PartSet
+	var hand []*outbox.Claimed
+	for _, e := range entries {
+		if !held.Has(e.Partition) {
+			rest = rest.With(e.Partition)
+			continue
 		}
-		r.wakeFor(held)
+		mine = mine.With(e.Partition)
+		if cached {
+			hand = append(hand, &outbox.Claimed{Entry: *e, PublishPending: true, CachePending: true, CacheHeld: true, Due: true})
+		}
 	}
-	return parts &^ held
+	if len(hand) > 0 {
+		select {
+		case r.handoff <- hand:
+			return rest
+		default: // the worker is behind: claim them
+			r.rememberHeld(hand)
+		}
+	}
+	if mine != 0 {
+		r.wakeFor(mine)
+	}
+	return rest
+}
+
+// rememberHeld notes entries whose version the writer saw the cache take,
+// so claiming them costs no read of the cache.
+func (r *Relay) rememberHeld(cs []*outbox.Claimed) {
+	r.heldMu.Lock()
+	defer r.heldMu.Unlock()
+	if len(r.heldSeqs)+len(cs) > maxHeldSeqs {
+		// Entries never claimed here (their partition moved on) would stay
+		// forever: start over; the cache read covers what is forgotten.
+		clear(r.heldSeqs)
+	}
+	for _, c := range cs {
+		r.heldSeqs[c.Seq] = struct{}{}
+	}
 }
 
 // maxHeldSeqs bounds the entries WakeHeld remembers as cached.

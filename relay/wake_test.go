@@ -26,7 +26,7 @@ func TestLocalWriterWakesRelayWithoutNotify(t *testing.T) {
 	cfg.PollInterval = time.Hour // only a wake-up can start a claim
 	r := b.start(t, cfg)
 	eventually(t, 10*time.Second, func() bool { return r.leases.workableSet() == outbox.AllParts }, "the relay holds every partition")
-	require.Equal(t, outbox.PartSet(0), r.WakeHeld(outbox.PartSet(0).With(3), nil))
+	require.Equal(t, outbox.PartSet(0), r.WakeHeld([]*outbox.Entry{{Partition: 3}}, false))
 
 	w, err := writer.New(writer.Config{Pool: b.env.Pool, Fence: b.env.Fence, LocalRelay: r})
 	require.NoError(t, err)

@@ -37,6 +37,7 @@ type keyQueue struct {
 	epoch    int64
 	pending  []*outbox.Claimed
 	inflight bool
+	last     int64 // version of the newest entry queued
 	// closed: the queue was given up (the key is parked, or its partition
 	// is no longer workable); nothing more is added to it or published.
 	closed bool
@@ -162,6 +163,9 @@ type worker struct {
 	// not keep the entry out of claims: the entry must still come back for
 	// publishing in its key's order, or a later version would go out first.
 	openCache map[int64]bool
+	// published is, per key, the newest version published (acknowledged)
+	// here, for onHandoff. Bounded by maxPublished.
+	published map[keyID]int64
 
 	repairQ     []repairItem
 	repairing   bool
@@ -187,6 +191,9 @@ type trackCount struct {
 	n    int32
 	part int32
 }
+
+// maxPublished bounds the keys worker.published remembers.
+const maxPublished = 1 << 16
 
 // markBatch bounds the entries of one marking statement.
 const markBatch = 8192
@@ -223,6 +230,7 @@ func (r *Relay) work() {
 		parked:    map[keyID]*parkedKey{},
 		released:  map[keyID]uint64{},
 		openCache: map[int64]bool{},
+		published: map[keyID]int64{},
 		markBuf:   map[int64]*markItem{},
 		claimCh:   make(chan claimResult, 1),
 		repairCh:  make(chan repairResult, 1),
@@ -267,6 +275,8 @@ func (r *Relay) work() {
 			w.onRepair(res)
 		case res := <-w.markCh:
 			w.onMark(res)
+		case hs := <-r.handoff:
+			w.onHandoff(hs)
 		case <-r.wake:
 			// startClaim reads the partitions it was woken for.
 		case <-poll.C:
@@ -432,7 +442,7 @@ func (w *worker) onClaim(res claimResult) {
 	now := time.Now()
 	for _, c := range res.rows {
 		if w.excluded(c.Seq) {
-			continue // excluded by the claim; cannot happen
+			continue // handed off (onHandoff) while the claim ran
 		}
 		part := int32(c.Partition)
 		epoch := res.epochs[part]
@@ -478,12 +488,7 @@ func (w *worker) onClaim(res claimResult) {
 			q = &keyQueue{k: k, part: part, epoch: epoch}
 			w.keys[k] = q
 		}
-		q.pending = append(q.pending, c)
-		w.queued++
-		w.track(ref{c.Seq, part, true})
-		if !q.inflight && len(q.pending) == 1 {
-			w.ready = append(w.ready, q)
-		}
+		w.enqueue(q, c)
 	}
 	for k, g := range w.released {
 		if g < res.gen {
@@ -494,6 +499,78 @@ func (w *worker) onClaim(res claimResult) {
 		r.log.Debug("claimed", slog.Int("entries", len(res.rows)), slog.Duration("took", res.took),
 			slog.Int("queued", w.queued), slog.Int("in_flight", w.inflight), slog.Int("busy", w.busyN))
 	}
+}
+
+// enqueue adds c to its key's queue, to be published after the events
+// queued before it.
+func (w *worker) enqueue(q *keyQueue, c *outbox.Claimed) {
+	q.pending = append(q.pending, c)
+	q.last = c.Version
+	w.queued++
+	w.track(ref{c.Seq, q.part, true})
+	if !q.inflight && len(q.pending) == 1 {
+		w.ready = append(w.ready, q)
+	}
+}
+
+// onHandoff takes entries a writer in this process has just committed and
+// seen the cache take, and queues them for publishing without a claim. A
+// claim finds, per partition in seq order, every pending entry of a key
+// before its later ones; a handed entry carries no such proof, so it is
+// queued only where its key's order is known here: the key's previous
+// version is the newest queued or in flight here, or was published here
+// (acknowledged), or there is none (version 1). Versions of a key are
+// contiguous, so this holds whoever else worked the key in between: any
+// other version there means a mismatch. Every other entry is left to a
+// claim of its partition. An entry a claim has already brought is skipped;
+// a claim that brings one of these later skips it (it is tracked).
+func (w *worker) onHandoff(hs []*outbox.Claimed) {
+	r := w.r
+	var rest []*outbox.Claimed
+	var parts outbox.PartSet
+	for _, c := range hs {
+		if w.excluded(c.Seq) {
+			continue
+		}
+		if !w.handOff(c) {
+			rest = append(rest, c)
+			parts = parts.With(c.Partition)
+		}
+	}
+	if len(rest) > 0 {
+		r.rememberHeld(rest)
+		r.wakeFor(parts)
+	}
+}
+
+// handOff queues c if its key's order allows it (see onHandoff).
+func (w *worker) handOff(c *outbox.Claimed) bool {
+	if w.stopping || w.busyN >= w.maxBusy() {
+		return false
+	}
+	part := int32(c.Partition)
+	epoch, ok := w.r.leases.epochOf(part)
+	if !ok {
+		return false
+	}
+	k := keyID{c.Collection, c.EntityID}
+	if _, released := w.released[k]; released || w.parked[k] != nil {
+		return false
+	}
+	q := w.keys[k]
+	switch {
+	case q != nil:
+		if q.closed || q.epoch != epoch || q.last != c.Version-1 {
+			return false
+		}
+	case w.published[k] == c.Version-1: // 0 for a key never published here
+		q = &keyQueue{k: k, part: part, epoch: epoch}
+		w.keys[k] = q
+	default:
+		return false
+	}
+	w.enqueue(q, c)
+	return true
 }
 
 // closeQueue gives up a key's queued events (not the one in flight): they
@@ -649,6 +726,10 @@ func (w *worker) onResult(res result) {
 		return
 	}
 	w.lastAck = time.Now()
+	if len(w.published) >= maxPublished {
+		clear(w.published) // forgotten keys' entries go by claim
+	}
+	w.published[q.k] = f.e.Version
 	w.addMark(f.e.Seq, q.part, q.epoch, true, false)
 	if f.e.CacheHeld {
 		w.markBuf[f.e.Seq].settle = true

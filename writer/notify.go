@@ -52,14 +52,20 @@ func newWaker(pool *pgxpool.Pool, log *slog.Logger, local LocalRelay) *waker {
 	return k
 }
 
-// poke wakes the local relay for the partitions of parts it holds (telling
-// it the entries whose cache write succeeded), and asks for a NOTIFY for
-// the others; it never blocks.
-func (k *waker) poke(parts outbox.PartSet, cached []int64) {
+// poke hands a commit's entries to the local relay for the partitions it
+// holds (cached: the cache took them all), and asks for a NOTIFY for the
+// others; it never blocks.
+func (k *waker) poke(entries []*outbox.Entry, cached bool) {
+	var parts outbox.PartSet
 	if k.local != nil {
-		if parts = k.local.WakeHeld(parts, cached); parts == 0 {
-			return
+		parts = k.local.WakeHeld(entries, cached)
+	} else {
+		for _, e := range entries {
+			parts = parts.With(e.Partition)
 		}
+	}
+	if parts == 0 {
+		return
 	}
 	k.parts.Or(uint64(parts))
 	select {

@@ -39,9 +39,9 @@ func TestWakerSpacesNotifiesUnderLoad(t *testing.T) {
 	var poked outbox.PartSet
 	end := time.Now().Add(burst)
 	for i := 0; time.Now().Before(end); i++ {
-		p := outbox.PartSet(0).With(i % outbox.Partitions)
-		poked |= p
-		k.poke(p, nil)
+		e := &outbox.Entry{Partition: i % outbox.Partitions}
+		poked = poked.With(e.Partition)
+		k.poke([]*outbox.Entry{e}, false)
 		time.Sleep(100 * time.Microsecond)
 	}
 

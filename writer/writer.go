@@ -58,11 +58,11 @@ type Config struct {
 
 // LocalRelay is a relay running in the writer's process (*relay.Relay).
 type LocalRelay interface {
-	// WakeHeld wakes the relay for the partitions of parts it holds and
-	// returns the others. cached names the outbox entries (by seq) whose
-	// version the cache was seen to hold, so the relay need not read the
-	// cache to settle them.
-	WakeHeld(parts outbox.PartSet, cached []int64) (rest outbox.PartSet)
+	// WakeHeld is given the outbox entries a commit wrote (their Seq set)
+	// once its cache write is done, and whether the cache took them all.
+	// It takes those of the partitions it holds and returns the other
+	// partitions. It must not keep or change the entries.
+	WakeHeld(entries []*outbox.Entry, cached bool) (rest outbox.PartSet)
 }
 
 // CacheWrite is the result of the synchronous cache write.
@@ -250,15 +250,7 @@ func (w *Writer) afterCommit(ctx context.Context, t *txn) CacheWrite {
 	// Wake the relays once the cache write is done, so they usually find the
 	// cache already holding the version and need no repair.
 	if len(t.entries) > 0 {
-		var parts outbox.PartSet
-		var cached []int64
-		for _, e := range t.entries {
-			parts = parts.With(e.Partition)
-			if w.waker.local != nil && cw == CacheOK { // only an in-process relay uses them
-				cached = append(cached, e.Seq)
-			}
-		}
-		w.waker.poke(parts, cached)
+		w.waker.poke(t.entries, cw == CacheOK)
 	}
 	crashpoint.Hit("writer-after-cache")
 	return cw

@@ -1,0 +1,135 @@
+package relay
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/writethrough/writethrough/internal/cloudevent"
+	"github.com/writethrough/writethrough/internal/testenv"
+	"github.com/writethrough/writethrough/outbox"
+	"github.com/writethrough/writethrough/writer"
+)
+
+// startIdle starts a relay that claims only when woken (no poll), logging
+// at debug level into logs. It returns once the relay holds every
+// partition and the claim of taking them is over: a write through it has
+// been published and marked. Count claims in logs from the offset it
+// returns.
+func startIdle(t *testing.T, b *bundle, logs *testenv.SyncBuffer) (*Relay, int) {
+	t.Helper()
+	cfg := b.config(nil)
+	cfg.PollInterval = time.Hour
+	cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	r := b.start(t, cfg)
+	eventually(t, 10*time.Second, func() bool { return r.leases.workableSet() == outbox.AllParts }, "the relay holds every partition")
+	w, err := writer.New(writer.Config{Pool: b.env.Pool, Fence: b.env.Fence, LocalRelay: r})
+	require.NoError(t, err)
+	defer w.Close()
+	_, err = w.Put(context.Background(), "warm", "up", []byte(`{}`))
+	require.NoError(t, err)
+	eventually(t, 5*time.Second, func() bool {
+		return countState(t, b.env, `publish_state = 'pending' OR cache_state = 'pending'`) == 0
+	}, "the warm-up write published and marked")
+	return r, len(logs.String())
+}
+
+// claimedRows counts the entries the relay's debug log says it claimed.
+func claimedRows(t *testing.T, logs string) int {
+	t.Helper()
+	n := 0
+	sc := bufio.NewScanner(strings.NewReader(logs))
+	for sc.Scan() {
+		var line struct {
+			Msg     string `json:"msg"`
+			Entries int    `json:"entries"`
+		}
+		require.NoError(t, json.Unmarshal(sc.Bytes(), &line))
+		if line.Msg == "claimed" {
+			n += line.Entries
+		}
+	}
+	return n
+}
+
+// TestHandoffPublishesWithoutClaim: the changes a writer commits with the
+// relay of its process go out without a claim, each key's versions in
+// order, and each event is the one a claim of its outbox entry would have
+// made.
+func TestHandoffPublishesWithoutClaim(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var logs testenv.SyncBuffer
+	r, from := startIdle(t, b, &logs)
+	w, err := writer.New(writer.Config{Pool: b.env.Pool, Fence: b.env.Fence, LocalRelay: r})
+	require.NoError(t, err)
+	defer w.Close()
+
+	ctx := context.Background()
+	for i := range 20 {
+		_, err := w.Put(ctx, "users", "h"+strconv.Itoa(i%5), []byte(`{"i": `+strconv.Itoa(i)+`}`))
+		require.NoError(t, err)
+	}
+	_, err = w.Delete(ctx, "users", "h0")
+	require.NoError(t, err)
+	eventually(t, 5*time.Second, func() bool {
+		return countState(t, b.env, `publish_state = 'pending' OR cache_state = 'pending'`) == 0
+	}, "every event published and marked")
+	require.Zero(t, claimedRows(t, logs.String()[from:]), "no entry was claimed")
+
+	msgs := readStream(t, b.js, b.env.Stream)
+	checkEvents(t, b.env, msgs)
+	want := map[string]*outbox.Entry{}
+	for _, e := range outboxEntries(t, b.env) {
+		want[e.EventID.String()] = e
+	}
+	for _, m := range msgs {
+		id := m.Header.Get(cloudevent.HeaderID)
+		claimed := cloudevent.Encode(want[id], "/test", b.env.SubjectPrefix)
+		require.Equal(t, claimed.Subject, m.Subject, "event %s", id)
+		require.Equal(t, string(claimed.Data), string(m.Data), "event %s", id)
+		for k, v := range claimed.Header {
+			require.Equal(t, v, m.Header.Values(k), "event %s: header %s", id, k)
+		}
+	}
+}
+
+// swallow is a local relay that hears nothing: its writer's commits wake
+// no relay and send no NOTIFY.
+type swallow struct{}
+
+func (swallow) WakeHeld([]*outbox.Entry, bool) outbox.PartSet { return 0 }
+
+// TestHandoffWaitsForUnknownPredecessor: a handed entry whose previous
+// version the relay has not published (here committed unannounced) is not
+// published before it: it is claimed with it, in order.
+func TestHandoffWaitsForUnknownPredecessor(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var logs testenv.SyncBuffer
+	r, from := startIdle(t, b, &logs)
+	ctx := context.Background()
+
+	quiet, err := writer.New(writer.Config{Pool: b.env.Pool, Fence: b.env.Fence, LocalRelay: swallow{}})
+	require.NoError(t, err)
+	defer quiet.Close()
+	_, err = quiet.Put(ctx, "users", "late", []byte(`{"v": 1}`))
+	require.NoError(t, err)
+	require.Equal(t, 1, pendingPublish(t, b.env), "version 1 waits unannounced")
+
+	w, err := writer.New(writer.Config{Pool: b.env.Pool, Fence: b.env.Fence, LocalRelay: r})
+	require.NoError(t, err)
+	defer w.Close()
+	_, err = w.Put(ctx, "users", "late", []byte(`{"v": 2}`))
+	require.NoError(t, err)
+	eventually(t, 5*time.Second, func() bool { return pendingPublish(t, b.env) == 0 }, "both versions published")
+	require.Equal(t, 2, claimedRows(t, logs.String()[from:]), "both versions were claimed")
+	checkEvents(t, b.env, readStream(t, b.js, b.env.Stream))
+}
