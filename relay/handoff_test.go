@@ -41,10 +41,10 @@ func startIdle(t *testing.T, b *bundle, logs *testenv.SyncBuffer) (*Relay, int) 
 	return r, len(logs.String())
 }
 
-// claimedRows counts the entries the relay's debug log says it claimed.
-func claimedRows(t *testing.T, logs string) int {
+// logCount reads the relay's JSON debug log: how many lines say msg
+// ("claimed", "marked"), and the sum of their entries.
+func logCount(t *testing.T, logs, msg string) (lines, entries int) {
 	t.Helper()
-	n := 0
 	sc := bufio.NewScanner(strings.NewReader(logs))
 	for sc.Scan() {
 		var line struct {
@@ -52,11 +52,12 @@ func claimedRows(t *testing.T, logs string) int {
 			Entries int    `json:"entries"`
 		}
 		require.NoError(t, json.Unmarshal(sc.Bytes(), &line))
-		if line.Msg == "claimed" {
-			n += line.Entries
+		if line.Msg == msg {
+			lines++
+			entries += line.Entries
 		}
 	}
-	return n
+	return lines, entries
 }
 
 // TestHandoffPublishesWithoutClaim: the changes a writer commits with the
@@ -82,7 +83,8 @@ func TestHandoffPublishesWithoutClaim(t *testing.T) {
 	eventually(t, 5*time.Second, func() bool {
 		return countState(t, b.env, `publish_state = 'pending' OR cache_state = 'pending'`) == 0
 	}, "every event published and marked")
-	require.Zero(t, claimedRows(t, logs.String()[from:]), "no entry was claimed")
+	_, claimed := logCount(t, logs.String()[from:], "claimed")
+	require.Zero(t, claimed, "no entry was claimed")
 
 	msgs := readStream(t, b.js, b.env.Stream)
 	checkEvents(t, b.env, msgs)
@@ -130,6 +132,7 @@ func TestHandoffWaitsForUnknownPredecessor(t *testing.T) {
 	_, err = w.Put(ctx, "users", "late", []byte(`{"v": 2}`))
 	require.NoError(t, err)
 	eventually(t, 5*time.Second, func() bool { return pendingPublish(t, b.env) == 0 }, "both versions published")
-	require.Equal(t, 2, claimedRows(t, logs.String()[from:]), "both versions were claimed")
+	_, claimed := logCount(t, logs.String()[from:], "claimed")
+	require.Equal(t, 2, claimed, "both versions were claimed")
 	checkEvents(t, b.env, readStream(t, b.js, b.env.Stream))
 }

@@ -1,12 +1,9 @@
 package relay
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"log/slog"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -56,19 +53,7 @@ func TestSmallMarksWaitForCompany(t *testing.T) {
 	}, "every event published and marked")
 	took := time.Since(start)
 
-	statements, entries := 0, 0
-	sc := bufio.NewScanner(strings.NewReader(logs.String()))
-	for sc.Scan() {
-		var line struct {
-			Msg     string `json:"msg"`
-			Entries int    `json:"entries"`
-		}
-		require.NoError(t, json.Unmarshal(sc.Bytes(), &line))
-		if line.Msg == "marked" {
-			statements++
-			entries += line.Entries
-		}
-	}
+	statements, entries := logCount(t, logs.String(), "marked")
 	require.GreaterOrEqual(t, entries, n, "every event is marked")
 	// One statement per markLinger at most, and a few more for the batches
 	// that go at once after a quiet moment.

@@ -38,11 +38,13 @@ func TestWakerSpacesNotifiesUnderLoad(t *testing.T) {
 	const burst = 400 * time.Millisecond
 	var poked outbox.PartSet
 	end := time.Now().Add(burst)
+	pace := time.NewTicker(100 * time.Microsecond)
+	defer pace.Stop()
 	for i := 0; time.Now().Before(end); i++ {
 		e := &outbox.Entry{Partition: i % outbox.Partitions}
 		poked = poked.With(e.Partition)
 		k.poke([]*outbox.Entry{e}, false)
-		time.Sleep(100 * time.Microsecond)
+		<-pace.C
 	}
 
 	var heard outbox.PartSet
