@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/writethrough/writethrough/internal/testenv"
 	"github.com/writethrough/writethrough/writer"
 )
 
@@ -61,11 +62,7 @@ func blockGroups(t *testing.T, b *bundle) (release func(), wait func()) {
 
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		require.True(t, time.Now().Before(deadline), "condition not reached in 10s")
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.Eventually(t, 10*time.Second, cond, "condition not reached")
 }
 
 // Writes that queue behind busy groups commit together in one transaction,

@@ -35,8 +35,8 @@ func serveVars(env *testenv.Env) map[string]string {
 // listeningAddr waits for the "listening" log line and returns its address.
 func listeningAddr(t *testing.T, stderr *testenv.SyncBuffer, exited <-chan int) string {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	var addr string
+	testenv.Eventually(t, 30*time.Second, func() bool {
 		sc := bufio.NewScanner(strings.NewReader(stderr.String()))
 		for sc.Scan() {
 			var line struct {
@@ -44,7 +44,8 @@ func listeningAddr(t *testing.T, stderr *testenv.SyncBuffer, exited <-chan int) 
 				Addr string `json:"addr"`
 			}
 			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "listening" {
-				return line.Addr
+				addr = line.Addr
+				return true
 			}
 		}
 		select {
@@ -52,11 +53,9 @@ func listeningAddr(t *testing.T, stderr *testenv.SyncBuffer, exited <-chan int) 
 			t.Fatalf("serve exited with %d before listening: %s", code, stderr.String())
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("serve did not log a listening line: %s", stderr.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return false
+	}, "serve did not log a listening line: %s", testenv.Lazy(stderr.String))
+	return addr
 }
 
 func TestServeGracefulShutdown(t *testing.T) {

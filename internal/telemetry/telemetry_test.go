@@ -195,15 +195,11 @@ func TestTelemetryTraceFollowsAWrite(t *testing.T) {
 		return nil
 	}
 	var httpSpan, sqlSpan, redisSpan, publishSpan *tracetest.SpanStub
-	deadline := time.Now().Add(10 * time.Second)
-	for ok := false; !ok; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("spans of trace %s: %s", traceID, describe(&spans))
-		}
+	testenv.Eventually(t, 10*time.Second, func() bool {
 		spans = exp.GetSpans()
 		httpSpan = find(func(s tracetest.SpanStub) bool { return s.SpanKind == trace.SpanKindServer })
 		if httpSpan == nil {
-			continue
+			return false
 		}
 		// child: a span of the scope under the HTTP span, directly or
 		// through spans of its own (otelpgx nests statements of a batch).
@@ -228,8 +224,8 @@ func TestTelemetryTraceFollowsAWrite(t *testing.T) {
 		publishSpan = find(func(s tracetest.SpanStub) bool {
 			return strings.Contains(s.InstrumentationScope.Name, "relay") && s.Parent.SpanID().String() == parentID
 		})
-		ok = httpSpan != nil && sqlSpan != nil && redisSpan != nil && publishSpan != nil
-	}
+		return sqlSpan != nil && redisSpan != nil && publishSpan != nil
+	}, "spans of trace %s: %s", traceID, testenv.Lazy(func() string { return describe(&spans) }))
 
 	require.False(t, httpSpan.Parent.IsValid(), "the HTTP span is the root")
 	require.True(t, strings.HasPrefix(httpSpan.Name, "PUT /v1/"), httpSpan.Name)

@@ -149,6 +149,12 @@ func Eventually(t testing.TB, d time.Duration, cond func() bool, msg string, arg
 	}
 }
 
+// Lazy is a message argument for Eventually that is worked out only when
+// the condition has failed: the state at the deadline, not at the call.
+type Lazy func() string
+
+func (f Lazy) String() string { return f() }
+
 // Listen returns a connection of its own, LISTENing on the relays' channel
 // of the schema ("<schema>_outbox"); it is closed at cleanup.
 func (e *Env) Listen(t testing.TB) *pgx.Conn {
