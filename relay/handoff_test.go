@@ -18,7 +18,8 @@ import (
 	"github.com/writethrough/writethrough/writer"
 )
 
-// startIdle starts a relay that claims only when woken (no poll), logging
+// startIdle starts a relay that claims only when woken (no poll, long
+// leases), logging
 // at debug level into logs. It returns once the relay holds every
 // partition and the claim of taking them is over: a write through it has
 // been published and marked. Count claims in logs from the offset it
@@ -27,6 +28,9 @@ func startIdle(t *testing.T, b *bundle, logs *testenv.SyncBuffer) (*Relay, int) 
 	t.Helper()
 	cfg := b.config(nil)
 	cfg.PollInterval = time.Hour
+	// Leases far from their margin: a renewal late on a busy machine would
+	// leave a partition unworkable for a moment, and its entries claimed.
+	cfg.LeaseTTL = time.Minute
 	cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	r := b.start(t, cfg)
 	eventually(t, 10*time.Second, func() bool { return r.leases.workableSet() == outbox.AllParts }, "the relay holds every partition")

@@ -265,11 +265,14 @@ func (r *Relay) WakeHeld(entries []*outbox.Entry, cached bool) (rest outbox.Part
 		}
 	}
 	if len(hand) > 0 {
+		// Noted first, so that a claim which brings one of them before
+		// the worker takes it (a claim already running) still settles it
+		// without reading the cache; handOff forgets the ones it queues.
+		r.rememberHeld(hand)
 		select {
 		case r.handoff <- hand:
 			return rest
 		default: // the worker is behind: claim them
-			r.rememberHeld(hand)
 		}
 	}
 	if mine != 0 {

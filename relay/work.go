@@ -522,24 +522,21 @@ func (w *worker) enqueue(q *keyQueue, c *outbox.Claimed) {
 // (acknowledged), or there is none (version 1). Versions of a key are
 // contiguous, so this holds whoever else worked the key in between: any
 // other version there means a mismatch. Every other entry is left to a
-// claim of its partition. An entry a claim has already brought is skipped;
-// a claim that brings one of these later skips it (it is tracked).
+// claim of its partition (WakeHeld noted that the cache took it). An entry
+// a claim has already brought is skipped; a claim that brings one of these
+// later skips it (it is tracked).
 func (w *worker) onHandoff(hs []*outbox.Claimed) {
-	r := w.r
-	var rest []*outbox.Claimed
-	var parts outbox.PartSet
+	var claim outbox.PartSet
 	for _, c := range hs {
-		if w.excluded(c.Seq) {
-			continue
-		}
-		if !w.handOff(c) {
-			rest = append(rest, c)
-			parts = parts.With(c.Partition)
+		switch {
+		case w.excluded(c.Seq):
+			w.r.takeHeld(c.Seq) // its claim has read the note already
+		case !w.handOff(c):
+			claim = claim.With(c.Partition)
 		}
 	}
-	if len(rest) > 0 {
-		r.rememberHeld(rest)
-		r.wakeFor(parts)
+	if claim != 0 {
+		w.r.wakeFor(claim)
 	}
 }
 
@@ -570,6 +567,7 @@ func (w *worker) handOff(c *outbox.Claimed) bool {
 		return false
 	}
 	w.enqueue(q, c)
+	w.r.takeHeld(c.Seq) // its claim, if any, is skipped: no need to remember
 	return true
 }
 
