@@ -49,7 +49,7 @@ type Claimed struct {
 // entries the caller is already working ($4, a hashed set): the limit counts
 // only new work, and late commits below them are still found.
 const claimSQL = `
-SELECT o.seq, o.event_id, o.part, o.collection, o.entity_id, o.version, o.op, o.data::text,
+SELECT o.seq, o.event_id, o.part, o.collection, o.entity_id, o.version, o.op = 'delete', o.data::text,
        o.committed_at, coalesce(o.traceparent, ''), coalesce(o.tracestate, ''),
        o.publish_state = 'pending', o.cache_state = 'pending', o.cache_state = 'pending' AND o.committed_at < now() - $3 * interval '1 microsecond',
        o.next_attempt_at <= now(), (extract(epoch FROM o.next_attempt_at - now()) * 1000000)::bigint, o.attempts
@@ -80,19 +80,20 @@ func Claim(ctx context.Context, db DB, parts []int32, perPart int, repairGrace t
 	var out []*Claimed
 	for rows.Next() {
 		c := &Claimed{}
-		var op string
-		var data *string
+		var deleted bool
 		var part int32
 		var dueInUS int64
-		if err := rows.Scan(&c.Seq, (*[16]byte)(&c.EventID), &part, &c.Collection, &c.EntityID, &c.Version, &op, &data,
+		// The data scans into c.Data ([]byte) directly, nil for NULL: one
+		// copy of the bytes the claim received.
+		if err := rows.Scan(&c.Seq, (*[16]byte)(&c.EventID), &part, &c.Collection, &c.EntityID, &c.Version, &deleted, &c.Data,
 			&c.CommittedAt, &c.Traceparent, &c.Tracestate, &c.PublishPending, &c.CachePending, &c.RepairDue, &c.Due, &dueInUS, &c.Attempts); err != nil {
 			return nil, fmt.Errorf("claim outbox entries: %w", err)
 		}
-		c.Partition, c.Op = int(part), Op(op)
-		c.DueIn = time.Duration(dueInUS) * time.Microsecond
-		if data != nil {
-			c.Data = []byte(*data)
+		c.Partition, c.Op = int(part), OpPut
+		if deleted {
+			c.Op = OpDelete
 		}
+		c.DueIn = time.Duration(dueInUS) * time.Microsecond
 		out = append(out, c)
 	}
 	if err := rows.Err(); err != nil {
