@@ -49,7 +49,9 @@
 // none. Versions of a key are contiguous, so anything else (a version
 // committed elsewhere, or worked by another relay meanwhile) shows as a
 // mismatch, and such an entry is left to a claim of its partition. A claim
-// skips handed entries, which are tracked like claimed ones.
+// skips handed entries, which are tracked like claimed ones. Start opens
+// the listening connection before the worker's first claim, so a commit
+// after that claim is always announced.
 //
 // Cache state: the writer records nothing after its synchronous cache write
 // (that would cost a second update of every outbox row on the write path).
@@ -61,7 +63,9 @@
 // RepairGrace (the synchronous write failed or timed out, or Redis lost the
 // key before the relay looked) gets its key rewritten from
 // the entity's current row through the fence, once per key however many
-// entries are pending; those entries are then marked done. The outbox
+// entries are pending; those entries are then marked done. A claim that
+// leaves such an entry within its grace schedules the claim that repairs
+// it, so a repair never waits for the poll interval. The outbox
 // payload is never written to the cache.
 //
 // Publishing: events go out with PublishMsgAsync, up to MaxInFlight

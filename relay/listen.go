@@ -12,13 +12,25 @@ import (
 
 // listen keeps a dedicated connection LISTENing on "<schema>_outbox" and
 // wakes the worker on every notification, for the partitions it names.
-// After a reconnect it listens again and wakes the worker once for every
+// conn is the connection Start opened before the worker's first claim (nil
+// if that failed), so nothing committed in between goes unannounced. After
+// a reconnect it listens again and wakes the worker once for every
 // partition, since notifications sent while it was away are lost; the
 // worker's poll interval covers the gap meanwhile.
-func (r *Relay) listen(ctx context.Context) {
+func (r *Relay) listen(ctx context.Context, conn *pgx.Conn) {
 	wait := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		err := r.listenOnce(ctx)
+		var err error
+		if conn == nil {
+			if conn, err = r.listenConn(ctx); err == nil {
+				r.wakeup()
+			}
+		}
+		if conn != nil {
+			err = r.waitNotifications(ctx, conn)
+			closeConn(conn)
+			conn = nil
+		}
 		if ctx.Err() != nil {
 			return
 		}
@@ -32,24 +44,25 @@ func (r *Relay) listen(ctx context.Context) {
 	}
 }
 
-func (r *Relay) listenOnce(ctx context.Context) error {
+// listenConn opens a connection that LISTENs on the outbox channel.
+func (r *Relay) listenConn(ctx context.Context) (*pgx.Conn, error) {
 	conn, err := pgx.ConnectConfig(ctx, r.pool.Config().ConnConfig.Copy())
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_ = conn.Close(cctx)
-	}()
 	var schema string
 	if err := conn.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
-		return err
+		closeConn(conn)
+		return nil, err
 	}
 	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{schema + "_outbox"}.Sanitize()); err != nil {
-		return err
+		closeConn(conn)
+		return nil, err
 	}
-	r.wakeup()
+	return conn, nil
+}
+
+func (r *Relay) waitNotifications(ctx context.Context, conn *pgx.Conn) error {
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
@@ -57,4 +70,10 @@ func (r *Relay) listenOnce(ctx context.Context) error {
 		}
 		r.wakeFor(outbox.ParsePartSet(n.Payload))
 	}
+}
+
+func closeConn(conn *pgx.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = conn.Close(ctx)
 }

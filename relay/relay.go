@@ -144,6 +144,14 @@ func (r *Relay) start(ctx context.Context) error {
 	leaseCtx, leaseCancel := context.WithCancel(r.hardCtx)
 
 	r.tickLeases(ctx)
+	// Listening before the worker's first claim: a change committed after
+	// that claim read the outbox is announced.
+	lctx, lcancel := context.WithTimeout(ctx, 5*time.Second)
+	listenConn, err := r.listenConn(lctx)
+	lcancel()
+	if err != nil {
+		r.log.Warn("outbox listener not connected; it retries, and the poll interval covers the gap", slog.String("error", err.Error()))
+	}
 	r.started.Store(true)
 
 	go func() {
@@ -156,7 +164,7 @@ func (r *Relay) start(ctx context.Context) error {
 		r.work()
 	}()
 	r.bg.Add(2)
-	go func() { defer r.bg.Done(); r.listen(bgCtx) }()
+	go func() { defer r.bg.Done(); r.listen(bgCtx, listenConn) }()
 	go func() { defer r.bg.Done(); r.housekeep(bgCtx) }()
 	r.log.Info("relay started", slog.Int("partitions", r.leases.count()), slog.String("stream", r.cfg.Stream))
 	return nil
