@@ -10,7 +10,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/writethrough/writethrough/internal/testenv"
-	"github.com/writethrough/writethrough/writer"
 )
 
 func TestMarkWait(t *testing.T) {
@@ -34,9 +33,7 @@ func TestSmallMarksWaitForCompany(t *testing.T) {
 	cfg := b.config(nil)
 	cfg.Logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	r := b.start(t, cfg)
-	w, err := writer.New(writer.Config{Pool: b.env.Pool, Fence: b.env.Fence, LocalRelay: r})
-	require.NoError(t, err)
-	defer w.Close()
+	w := localWriter(t, b, r)
 
 	ctx := context.Background()
 	const n = 100

@@ -7,9 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/writethrough/writethrough/internal/fence"
+	"github.com/writethrough/writethrough/internal/testenv"
 	"github.com/writethrough/writethrough/outbox"
 	"github.com/writethrough/writethrough/writer"
 )
@@ -28,9 +30,7 @@ func TestLocalWriterWakesRelayWithoutNotify(t *testing.T) {
 	eventually(t, 10*time.Second, func() bool { return r.leases.workableSet() == outbox.AllParts }, "the relay holds every partition")
 	require.Equal(t, outbox.PartSet(0), r.WakeHeld([]*outbox.Entry{{Partition: 3}}, false))
 
-	w, err := writer.New(writer.Config{Pool: b.env.Pool, Fence: b.env.Fence, LocalRelay: r})
-	require.NoError(t, err)
-	defer w.Close()
+	w := localWriter(t, b, r)
 
 	listener := b.env.Listen(t)
 
@@ -73,9 +73,7 @@ func TestLocalWriterSettlesCacheWithoutRead(t *testing.T) {
 	cfg.PollInterval = time.Hour
 	r := b.start(t, cfg)
 	eventually(t, 10*time.Second, func() bool { return r.leases.workableSet() == outbox.AllParts }, "the relay holds every partition")
-	w, err := writer.New(writer.Config{Pool: b.env.Pool, Fence: b.env.Fence, LocalRelay: r})
-	require.NoError(t, err)
-	defer w.Close()
+	w := localWriter(t, b, r)
 
 	eventually(t, 5*time.Second, func() bool { return r.wakeParts.Load() == 0 }, "the leases' wake-up claimed")
 	for i := range 20 {
@@ -89,4 +87,32 @@ func TestLocalWriterSettlesCacheWithoutRead(t *testing.T) {
 	n, err := b.env.Redis.Exists(ctx, b.env.Prefix+"elsewhere:users:s0").Result()
 	require.NoError(t, err)
 	require.Zero(t, n, "the relay repaired a key the writer had cached")
+}
+
+// TestRepairDueWakesClaim: an entry whose synchronous cache write failed is
+// published at once and repaired when its grace has passed, by a claim the
+// relay schedules itself: the poll interval (an hour here) plays no part.
+func TestRepairDueWakesClaim(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var logs testenv.SyncBuffer
+	r, _ := startIdle(t, b, &logs)
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, ContextTimeoutEnabled: true})
+	defer rdb.Close()
+	down, err := fence.New(rdb, fence.Config{Prefix: b.env.Prefix})
+	require.NoError(t, err)
+	w, err := writer.New(writer.Config{Pool: b.env.Pool, Fence: down, LocalRelay: r})
+	require.NoError(t, err)
+	defer w.Close()
+
+	ctx := context.Background()
+	keys := []key{{"users", "r1"}, {"users", "r2"}}
+	for i, k := range keys {
+		res, err := w.Put(ctx, k.c, k.id, fmt.Appendf(nil, `{"i": %d}`, i))
+		require.NoError(t, err)
+		require.Equal(t, writer.CachePending, res.CacheWrite)
+	}
+	eventually(t, 5*time.Second, func() bool {
+		return countState(t, b.env, `publish_state = 'pending' OR cache_state = 'pending'`) == 0 && converged(t, b.env, b.env.Fence, keys)
+	}, "repaired within the grace, with no poll")
 }

@@ -170,6 +170,10 @@ type worker struct {
 	repairQ     []repairItem
 	repairing   bool
 	repairPause time.Time
+	// repairAt is when the earliest entry a claim left waiting for its
+	// repair grace (its cache write not known to have succeeded) is due:
+	// a claim then, not the next poll, repairs it.
+	repairAt time.Time
 
 	marking   bool
 	markPause time.Time
@@ -327,6 +331,11 @@ func (w *worker) untrack(x ref) {
 	}
 }
 
+// repairSlack is added to the repair grace when a claim schedules the
+// claim that repairs what it left waiting: the database's clock decides
+// when an entry is due.
+const repairSlack = 10 * time.Millisecond
+
 // maxBusy bounds the entries being worked at once.
 func (w *worker) maxBusy() int { return 4 * w.r.cfg.MaxInFlight }
 
@@ -446,6 +455,12 @@ func (w *worker) onClaim(res claimResult) {
 		}
 		part := int32(c.Partition)
 		epoch := res.epochs[part]
+		if c.CachePending && !c.RepairDue && !c.CacheHeld {
+			// Committed before the claim, so due within the grace.
+			if due := now.Add(r.cfg.RepairGrace + repairSlack); w.repairAt.IsZero() || due.Before(w.repairAt) {
+				w.repairAt = due
+			}
+		}
 		if _, repairing := w.tracked[c.Seq]; c.RepairDue && !repairing {
 			w.track(ref{c.Seq, part, true})
 			if c.PublishPending {
@@ -992,6 +1007,10 @@ func (w *worker) release(k keyID) { w.released[k] = w.claimGen }
 // expire ends the parks and holds whose time has come; their entries are
 // claimed again.
 func (w *worker) expire(now time.Time) {
+	if !w.repairAt.IsZero() && !now.Before(w.repairAt) {
+		w.repairAt = time.Time{}
+		w.wantClaim = true
+	}
 	for k, p := range w.parked {
 		if p.marking || now.Before(p.until) {
 			continue
@@ -1050,6 +1069,7 @@ func (w *worker) nextDeadline() time.Time {
 	for _, h := range w.holds {
 		at(h.until)
 	}
+	at(w.repairAt)
 	if len(w.markBuf) > 0 && now.Before(w.markPause) {
 		at(w.markPause)
 	}
