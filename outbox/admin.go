@@ -361,7 +361,8 @@ func CountFinished(ctx context.Context, db *pgxpool.Pool, cutoff time.Time) (int
 
 // PruneFinished deletes finished entries committed before cutoff, walking
 // batch entries (default 1000) per statement so none holds many row locks
-// or runs long, and returns how many it deleted. progress, when set, is called after every batch.
+// or runs long, and returns how many it deleted. progress, when set, is
+// called after every batch.
 func PruneFinished(ctx context.Context, db *pgxpool.Pool, cutoff time.Time, batch int, progress func(deleted int64)) (int64, error) {
 	batch = cmp.Or(batch, 1000)
 	if batch < 0 {
